@@ -1,0 +1,182 @@
+//! Core benchmarks: encoding + leaf hash, Merkle append, proofs at 1M
+//! leaves, checkpoint signing and opening.
+//!
+//! Run: `cargo bench --bench core`. Criterion reports throughput in
+//! elements/s (= entries/s). The first group also measures a raw baseline,
+//! plain BLAKE3 over the same 1 KiB payload bytes, so the cost of the
+//! canonical encoding can be read as a ratio on any machine.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use auditlog::core::checkpoint::Checkpoint;
+use auditlog::core::entry::{commit_payload, Entry, Salt};
+use auditlog::core::hash::{Blake3, Hash, TreeHasher};
+use auditlog::core::merkle::{
+    consistency_proof, inclusion_proof, root_at, verify_consistency, verify_inclusion,
+    CompactRange, MemoryTree,
+};
+use auditlog::core::note::SignerKey;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+const BATCH: u64 = 1024;
+
+fn sample_entry(seq: u64, payload: &[u8]) -> Entry {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("gig".to_string(), "g-77".to_string());
+    Entry {
+        origin: "audit.example.com/orders".into(),
+        seq,
+        timestamp_unix_nanos: 1_767_225_600_000_000_000 + seq as i64,
+        subject: format!("order:{}", seq / 4),
+        actor: "buyer:42".into(),
+        kind: "prompt".into(),
+        content_type: "text/plain".into(),
+        attributes,
+        idempotency_key: String::new(),
+        payload_len: payload.len() as u64,
+        payload_commitment: Hash::ZERO,
+        prev_leaf_hash: Hash::ZERO,
+    }
+}
+
+fn entry_hashing(c: &mut Criterion) {
+    let payload = vec![0x5au8; 1024];
+    let salt = Salt([9; 32]);
+    let mut g = c.benchmark_group("entry_1KiB");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("baseline_raw_blake3_of_payload", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                black_box(blake3::hash(black_box(&payload)));
+            }
+        })
+    });
+    // The commitment does not depend on the position in the log, so the
+    // service computes it on request threads, off the sequencer's path.
+    g.bench_function("commitment_only", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                black_box(commit_payload(&salt, black_box(&payload)));
+            }
+        })
+    });
+    // What the sequencer does per entry: encode, leaf hash, tree append.
+    g.bench_function("sequencer_encode_leaf_hash_tree_append", |b| {
+        let mut e = sample_entry(0, &payload);
+        e.payload_commitment = commit_payload(&salt, &payload);
+        let mut buf = Vec::with_capacity(512);
+        let mut range = CompactRange::<Blake3>::new();
+        b.iter(|| {
+            for seq in 0..BATCH {
+                e.seq = seq;
+                buf.clear();
+                e.encode_into(&mut buf).unwrap();
+                e.prev_leaf_hash = Blake3::hash_leaf(&buf);
+                range.append(e.prev_leaf_hash, |_, _| {});
+            }
+            black_box(range.root())
+        })
+    });
+    // Everything, as one core would do it alone.
+    g.bench_function("commit_encode_leaf_hash_tree_append", |b| {
+        let mut e = sample_entry(0, &payload);
+        let mut buf = Vec::with_capacity(512);
+        let mut range = CompactRange::<Blake3>::new();
+        b.iter(|| {
+            for seq in 0..BATCH {
+                e.seq = seq;
+                e.payload_commitment = commit_payload(&salt, &payload);
+                buf.clear();
+                e.encode_into(&mut buf).unwrap();
+                e.prev_leaf_hash = Blake3::hash_leaf(&buf);
+                range.append(e.prev_leaf_hash, |_, _| {});
+            }
+            black_box(range.root())
+        })
+    });
+    g.finish();
+}
+
+fn merkle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("merkle");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("compact_range_append", |b| {
+        let leaves: Vec<Hash> = (0..BATCH)
+            .map(|i| Blake3::hash_leaf(&i.to_be_bytes()))
+            .collect();
+        b.iter_batched(
+            CompactRange::<Blake3>::new,
+            |mut r| {
+                for l in &leaves {
+                    r.append(*l, |_, _| {});
+                }
+                r
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    const N: u64 = 1 << 20;
+    let mut tree = MemoryTree::<Blake3>::new();
+    let leaves: Vec<Hash> = (0..N)
+        .map(|i| Blake3::hash_leaf(&i.to_be_bytes()))
+        .collect();
+    for l in &leaves {
+        tree.push(*l);
+    }
+    let size = N - 3; // not a power of two: exercises the right edge
+    let root = root_at::<Blake3>(&tree, size).unwrap();
+    let old = 700_001;
+    let old_root = root_at::<Blake3>(&tree, old).unwrap();
+
+    let mut g = c.benchmark_group("proofs_1M");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("inclusion_proof", |b| {
+        b.iter(|| {
+            i = (i + 7919) % size;
+            black_box(inclusion_proof::<Blake3>(&tree, i, size).unwrap())
+        })
+    });
+    let proof = inclusion_proof::<Blake3>(&tree, 123_456, size).unwrap();
+    g.bench_function("verify_inclusion", |b| {
+        b.iter(|| {
+            verify_inclusion::<Blake3>(123_456, size, &leaves[123_456], black_box(&proof), &root)
+                .unwrap()
+        })
+    });
+    g.bench_function("consistency_proof", |b| {
+        b.iter(|| black_box(consistency_proof::<Blake3>(&tree, old, size).unwrap()))
+    });
+    let cproof = consistency_proof::<Blake3>(&tree, old, size).unwrap();
+    g.bench_function("verify_consistency", |b| {
+        b.iter(|| {
+            verify_consistency::<Blake3>(old, size, black_box(&cproof), &old_root, &root).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn checkpoints(c: &mut Criterion) {
+    let key = SignerKey::from_seed("audit.example.com/orders", &[1; 32]).unwrap();
+    let cp = Checkpoint {
+        origin: "audit.example.com/orders".into(),
+        size: 1_000_000,
+        root: Hash([3; 32]),
+        extensions: vec![],
+    };
+    let signed = cp.sign(&key).unwrap();
+    let trusted = [key.verifier()];
+    let mut g = c.benchmark_group("checkpoint");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sign", |b| b.iter(|| black_box(cp.sign(&key).unwrap())));
+    g.bench_function("open", |b| {
+        b.iter(|| black_box(Checkpoint::open(&signed, &trusted, Some(&cp.origin)).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, entry_hashing, merkle, checkpoints);
+criterion_main!(benches);
