@@ -9,7 +9,10 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod engine;
 pub mod keys;
+pub mod store;
+pub mod verify;
 
 /// Generated gRPC types of `proto/auditlog/v1/auditlog.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

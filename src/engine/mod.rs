@@ -1,0 +1,813 @@
+//! The engine: one sequencer thread per log doing group commit over a
+//! [`Store`], and the read operations that answer with proofs.
+//!
+//! ```text
+//!  append() ──prepare (validate, salt, commitment) on the caller's thread──┐
+//!                                                                          ▼
+//!  log thread:  gather every queued request ─▶ idempotency ─▶ Sequencer::sequence
+//!               ─▶ sign checkpoint ─▶ store.append (write + fdatasync + index)
+//!               ─▶ Sequencer::commit ─▶ receipts with proofs ─▶ reply to each caller
+//! ```
+//!
+//! Invariants:
+//! - A reply is sent only after the store returned from a durable append.
+//! - A request is all or nothing: it is validated whole before it is queued,
+//!   and an idempotency conflict fails the whole request.
+//! - The state of a log thread (its [`Sequencer`]) moves only after a
+//!   durable write; a failed write fails every request of the batch and
+//!   leaves the state as it was.
+//! - Readers see a log's size and checkpoint only after the nodes and
+//!   entries behind them are indexed.
+
+pub mod input;
+pub mod sequencer;
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::core::entry::commit_payload;
+use crate::core::hash::{Blake3, Hash};
+use crate::core::merkle::{self, TreeError};
+use crate::core::note::SignerKey;
+use crate::core::seal::{Seal, SealReason};
+use crate::store::{LogNodes, LogSpec, Store, StoreError, StoredEntry};
+
+use input::{prepare, AppendError, EntryInput, Limits, PreparedEntry};
+use sequencer::{OverlayReader, Sequencer};
+
+/// Per-log configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Name (`orders`).
+    pub name: String,
+    /// Origin (`audit.example.com/orders`).
+    pub origin: String,
+    /// Seal the open segment once it holds this many entries.
+    pub seal_max_entries: u64,
+    /// Seal the open segment this long after its first entry.
+    pub seal_after: Option<Duration>,
+    /// How long payloads are kept after a segment is sealed (`None`: forever).
+    pub retention: Option<Duration>,
+}
+
+impl LogConfig {
+    /// A log with default policy: seal at 100,000 entries or after an hour,
+    /// keep forever.
+    pub fn new(name: &str, origin: &str) -> LogConfig {
+        LogConfig {
+            name: name.to_owned(),
+            origin: origin.to_owned(),
+            seal_max_entries: 100_000,
+            seal_after: Some(Duration::from_secs(3600)),
+            retention: None,
+        }
+    }
+}
+
+/// The source of time, injected so that tests can move it at will.
+pub trait Clock: Send + Sync + 'static {
+    /// Unix time in nanoseconds.
+    fn now(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Proof that an entry is in a log, handed to the appender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Position.
+    pub seq: u64,
+    /// Leaf hash.
+    pub leaf_hash: Hash,
+    /// Server timestamp.
+    pub timestamp_unix_nanos: i64,
+    /// True when the idempotency key was already used: nothing was appended.
+    pub duplicate: bool,
+    /// Inclusion proof against the outcome's checkpoint.
+    pub inclusion_proof: Vec<Hash>,
+}
+
+/// Result of an append: one receipt per entry and the signed checkpoint
+/// their proofs are against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// One per entry, in request order.
+    pub receipts: Vec<Receipt>,
+    /// Signed checkpoint (note text).
+    pub checkpoint: String,
+    /// Its tree size.
+    pub tree_size: u64,
+}
+
+/// A sealed segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The seal.
+    pub seal: Seal,
+    /// Its signed note.
+    pub signed: String,
+}
+
+/// Errors of read operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No such log.
+    #[error("unknown log {0:?}")]
+    UnknownLog(String),
+    /// Nothing at that position or size.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request that cannot be answered as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed or refused the log.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A tree query failed.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+enum Command {
+    Append {
+        entries: Vec<PreparedEntry>,
+        reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    },
+    Seal {
+        reason: SealReason,
+        reply: oneshot::Sender<Result<Option<Sealed>, AppendError>>,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct LogView {
+    size: u64,
+    checkpoint: Option<String>,
+}
+
+struct LogRuntime {
+    config: LogConfig,
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    view: Arc<RwLock<LogView>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The running engine of a set of logs over one store.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    logs: HashMap<String, LogRuntime>,
+}
+
+/// Most entries gathered into one group commit.
+const MAX_BATCH_ENTRIES: usize = 8192;
+/// Most payload bytes gathered into one group commit.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+impl Engine {
+    /// Opens every configured log (recovering it) and starts its thread.
+    ///
+    /// # Errors
+    /// When a log cannot be opened: corruption, origin mismatch, I/O.
+    pub fn start(
+        store: Arc<dyn Store>,
+        signer: Arc<SignerKey>,
+        configs: Vec<LogConfig>,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, StoreError> {
+        let mut logs = HashMap::new();
+        for config in configs {
+            let spec = LogSpec {
+                name: config.name.clone(),
+                origin: config.origin.clone(),
+            };
+            let head = store.open_log(&spec, clock.now())?;
+            let view = Arc::new(RwLock::new(LogView {
+                size: head.size,
+                checkpoint: head.latest_checkpoint.clone(),
+            }));
+            let (tx, rx) = mpsc::channel();
+            let mut worker = Worker {
+                sequencer: Sequencer::from_head(&config.origin, &head),
+                store: store.clone(),
+                signer: signer.clone(),
+                clock: clock.clone(),
+                config: config.clone(),
+                view: view.clone(),
+                checkpoint: head.latest_checkpoint,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("seq-{}", config.name))
+                .spawn(move || worker.run(rx))
+                .map_err(|e| StoreError::Io {
+                    context: "spawn sequencer thread".into(),
+                    source: e,
+                })?;
+            logs.insert(
+                config.name.clone(),
+                LogRuntime {
+                    config,
+                    tx: Mutex::new(Some(tx)),
+                    view,
+                    thread: Mutex::new(Some(thread)),
+                },
+            );
+        }
+        Ok(Engine {
+            store,
+            limits,
+            logs,
+        })
+    }
+
+    /// The store under the engine.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Limits applied to appends.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Configured logs, sorted by name.
+    pub fn logs(&self) -> Vec<&LogConfig> {
+        let mut v: Vec<&LogConfig> = self.logs.values().map(|l| &l.config).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Configuration of a log.
+    pub fn log_config(&self, log: &str) -> Option<&LogConfig> {
+        self.logs.get(log).map(|l| &l.config)
+    }
+
+    fn send(&self, log: &str, cmd: Command) -> Result<(), AppendError> {
+        let rt = self
+            .logs
+            .get(log)
+            .ok_or_else(|| AppendError::UnknownLog(log.to_owned()))?;
+        let tx = rt.tx.lock().expect("tx lock");
+        tx.as_ref()
+            .ok_or_else(|| AppendError::Unavailable("shutting down".into()))?
+            .send(cmd)
+            .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))
+    }
+
+    /// Validates and queues an append; the receiver yields once it is
+    /// durable (or failed). Validation errors return at once.
+    ///
+    /// # Errors
+    /// Invalid entries, limits, unknown log.
+    pub fn submit(
+        &self,
+        log: &str,
+        entries: Vec<EntryInput>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, AppendError>>, AppendError> {
+        if !self.logs.contains_key(log) {
+            return Err(AppendError::UnknownLog(log.to_owned()));
+        }
+        let mut rng_err = None;
+        let prepared = prepare(&self.limits, entries, |salt| {
+            if let Err(e) = crate::keys::fill_random(salt) {
+                rng_err = Some(e.to_string());
+            }
+        })?;
+        if let Some(e) = rng_err {
+            return Err(AppendError::Unavailable(e));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            log,
+            Command::Append {
+                entries: prepared,
+                reply,
+            },
+        )?;
+        Ok(rx)
+    }
+
+    /// Appends and waits (blocking the thread) until durable.
+    ///
+    /// # Errors
+    /// See [`AppendError`].
+    pub fn append_blocking(
+        &self,
+        log: &str,
+        entries: Vec<EntryInput>,
+    ) -> Result<AppendOutcome, AppendError> {
+        self.submit(log, entries)?
+            .blocking_recv()
+            .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))?
+    }
+
+    /// Appends and awaits durability.
+    ///
+    /// # Errors
+    /// See [`AppendError`].
+    pub async fn append(
+        &self,
+        log: &str,
+        entries: Vec<EntryInput>,
+    ) -> Result<AppendOutcome, AppendError> {
+        self.submit(log, entries)?
+            .await
+            .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))?
+    }
+
+    /// Seals the open segment of a log now (even if empty); returns the
+    /// receiver of the seal.
+    ///
+    /// # Errors
+    /// Unknown log or stopped engine.
+    pub fn submit_seal(
+        &self,
+        log: &str,
+        reason: SealReason,
+    ) -> Result<oneshot::Receiver<Result<Option<Sealed>, AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(log, Command::Seal { reason, reply })?;
+        Ok(rx)
+    }
+
+    /// Seals and waits (blocking).
+    ///
+    /// # Errors
+    /// See [`AppendError`].
+    pub fn seal_blocking(
+        &self,
+        log: &str,
+        reason: SealReason,
+    ) -> Result<Option<Sealed>, AppendError> {
+        self.submit_seal(log, reason)?
+            .blocking_recv()
+            .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))?
+    }
+
+    fn view(&self, log: &str) -> Result<LogView, ReadError> {
+        Ok(self
+            .logs
+            .get(log)
+            .ok_or_else(|| ReadError::UnknownLog(log.to_owned()))?
+            .view
+            .read()
+            .expect("view lock")
+            .clone())
+    }
+
+    /// Latest signed checkpoint and its size (`None` before the first append).
+    ///
+    /// # Errors
+    /// Unknown log.
+    pub fn checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, ReadError> {
+        let v = self.view(log)?;
+        Ok(v.checkpoint.map(|c| (v.size, c)))
+    }
+
+    /// The signed checkpoint of exactly `size` (0: the latest).
+    fn checkpoint_for(&self, log: &str, size: u64) -> Result<(u64, String), ReadError> {
+        let v = self.view(log)?;
+        let size = if size == 0 { v.size } else { size };
+        if size > v.size {
+            return Err(ReadError::NotFound(format!(
+                "tree size {size} is beyond the log's {} entries",
+                v.size
+            )));
+        }
+        if size == 0 {
+            return Err(ReadError::NotFound("the log is empty".into()));
+        }
+        let cp = self.store.checkpoint_at(log, size)?.ok_or_else(|| {
+            ReadError::NotFound(format!("no checkpoint was signed at tree size {size}"))
+        })?;
+        Ok((size, cp))
+    }
+
+    /// An entry with its inclusion proof against the checkpoint at
+    /// `tree_size` (0: the latest).
+    ///
+    /// # Errors
+    /// Unknown log, no such entry or checkpoint, store failure.
+    pub fn entry(
+        &self,
+        log: &str,
+        seq: u64,
+        tree_size: u64,
+    ) -> Result<(StoredEntry, Vec<Hash>, String), ReadError> {
+        let (size, cp) = self.checkpoint_for(log, tree_size)?;
+        if seq >= size {
+            return Err(ReadError::NotFound(format!(
+                "seq {seq} is not in the tree of size {size}"
+            )));
+        }
+        let entry = self
+            .store
+            .entry(log, seq)?
+            .ok_or_else(|| ReadError::NotFound(format!("seq {seq} not found")))?;
+        let proof = merkle::inclusion_proof::<Blake3>(
+            &LogNodes {
+                store: self.store.as_ref(),
+                log,
+            },
+            seq,
+            size,
+        )?;
+        Ok((entry, proof, cp))
+    }
+
+    /// Inclusion proof of `seq` at `size` (no checkpoint needed).
+    ///
+    /// # Errors
+    /// Tree errors.
+    pub fn inclusion_proof(&self, log: &str, seq: u64, size: u64) -> Result<Vec<Hash>, ReadError> {
+        Ok(merkle::inclusion_proof::<Blake3>(
+            &LogNodes {
+                store: self.store.as_ref(),
+                log,
+            },
+            seq,
+            size,
+        )?)
+    }
+
+    /// Consistency proof from `from_size` to `to_size` (0: the latest), with
+    /// the signed checkpoint of `to_size`.
+    ///
+    /// # Errors
+    /// Unknown log, sizes out of range, no checkpoint at `to_size`.
+    pub fn consistency(
+        &self,
+        log: &str,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<(Vec<Hash>, String, u64), ReadError> {
+        let (to, cp) = self.checkpoint_for(log, to_size)?;
+        if from_size == 0 || from_size > to {
+            return Err(ReadError::Invalid(format!(
+                "from_size must be between 1 and {to}, got {from_size}"
+            )));
+        }
+        let proof = merkle::consistency_proof::<Blake3>(
+            &LogNodes {
+                store: self.store.as_ref(),
+                log,
+            },
+            from_size,
+            to,
+        )?;
+        Ok((proof, cp, to))
+    }
+
+    /// Stops every log thread after it has answered what was queued.
+    pub fn shutdown(&self) {
+        for rt in self.logs.values() {
+            rt.tx.lock().expect("tx lock").take();
+        }
+        for rt in self.logs.values() {
+            if let Some(t) = rt.thread.lock().expect("thread lock").take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+type Request = (Vec<PreparedEntry>, Reply);
+
+/// What one entry of a request becomes.
+enum Slot {
+    /// Appended now, at this position of the batch.
+    New(usize),
+    /// Already in the log.
+    Duplicate { seq: u64, leaf: Hash, ts: i64 },
+    /// Its key was first used by another entry of this batch.
+    DuplicateInBatch(usize),
+}
+
+struct Pending {
+    slots: Vec<Slot>,
+    reply: Reply,
+}
+
+struct Worker {
+    sequencer: Sequencer,
+    store: Arc<dyn Store>,
+    signer: Arc<SignerKey>,
+    clock: Arc<dyn Clock>,
+    config: LogConfig,
+    view: Arc<RwLock<LogView>>,
+    checkpoint: Option<String>,
+}
+
+fn same_content(a: &EntryInput, b: &EntryInput) -> bool {
+    a.subject == b.subject
+        && a.actor == b.actor
+        && a.kind == b.kind
+        && a.content_type == b.content_type
+        && a.attributes == b.attributes
+        && a.payload == b.payload
+}
+
+fn matches_stored(stored: &StoredEntry, p: &PreparedEntry) -> bool {
+    let e = &stored.entry;
+    let i = &p.input;
+    e.subject == i.subject
+        && e.actor == i.actor
+        && e.kind == i.kind
+        && e.content_type == i.content_type
+        && e.attributes == i.attributes
+        && e.payload_len == i.payload.len() as u64
+        // Once erased, only the metadata and length can be compared.
+        && stored
+            .salt
+            .as_ref()
+            .is_none_or(|salt| commit_payload(salt, &i.payload) == e.payload_commitment)
+}
+
+impl Worker {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let first = match self.age_deadline() {
+                Some(wait) => rx.recv_timeout(wait),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let first = match first {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.seal(SealReason::Age).ok();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Group commit: take everything queued behind the first command.
+            let mut cmds = vec![first];
+            let (mut n, mut bytes) = (0usize, 0usize);
+            while n < MAX_BATCH_ENTRIES && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if let Command::Append { entries, .. } = &cmd {
+                            n += entries.len();
+                            bytes += entries.iter().map(|e| e.input.payload.len()).sum::<usize>();
+                        }
+                        cmds.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut appends = Vec::new();
+            for cmd in cmds {
+                match cmd {
+                    Command::Append { entries, reply } => appends.push((entries, reply)),
+                    Command::Seal { reason, reply } => {
+                        self.append_batch(std::mem::take(&mut appends));
+                        let _ = reply.send(self.seal(reason));
+                    }
+                }
+            }
+            self.append_batch(appends);
+        }
+    }
+
+    /// How long until the open segment is due to be sealed by age.
+    fn age_deadline(&self) -> Option<Duration> {
+        let after = self.config.seal_after?;
+        let first = self.sequencer.segment_first_timestamp()?;
+        let due = first.saturating_add(after.as_nanos() as i64);
+        Some(Duration::from_nanos(
+            due.saturating_sub(self.clock.now()).max(0) as u64,
+        ))
+    }
+
+    fn seal(&mut self, reason: SealReason) -> Result<Option<Sealed>, AppendError> {
+        if matches!(reason, SealReason::Age | SealReason::Size) && self.sequencer.segment_len() == 0
+        {
+            return Ok(None);
+        }
+        let retention = self.config.retention.map(|d| d.as_nanos() as i64);
+        let (seal, next) = self.sequencer.seal(self.clock.now(), reason, retention);
+        let signed = seal
+            .sign(&self.signer)
+            .map_err(|e| AppendError::Unavailable(format!("signing the seal: {e}")))?;
+        self.store
+            .seal(&self.config.name, &seal, &signed)
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        self.sequencer.commit(next);
+        Ok(Some(Sealed { seal, signed }))
+    }
+
+    /// Decides, for each request, which entries are new and which are
+    /// duplicates; replies at once to requests that conflict.
+    fn plan(&self, requests: Vec<Request>) -> (Vec<PreparedEntry>, Vec<Pending>) {
+        let mut fresh: Vec<PreparedEntry> = Vec::new();
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        let mut pending = Vec::new();
+        'requests: for (entries, reply) in requests {
+            let mut slots = Vec::with_capacity(entries.len());
+            let mut staged: Vec<PreparedEntry> = Vec::new();
+            let mut staged_keys: HashMap<String, usize> = HashMap::new();
+            for (i, e) in entries.into_iter().enumerate() {
+                let key = &e.input.idempotency_key;
+                if !key.is_empty() {
+                    let in_batch = keys
+                        .get(key)
+                        .map(|&j| (j, &fresh[j]))
+                        .or_else(|| staged_keys.get(key).map(|&j| (fresh.len() + j, &staged[j])));
+                    if let Some((j, first)) = in_batch {
+                        if !same_content(&first.input, &e.input) {
+                            let _ = reply.send(Err(AppendError::IdempotencyConflict {
+                                entry: i,
+                                key: key.clone(),
+                                seq: self.sequencer.size() + j as u64,
+                            }));
+                            continue 'requests;
+                        }
+                        slots.push(Slot::DuplicateInBatch(j));
+                        continue;
+                    }
+                    match self.lookup_key(key) {
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            continue 'requests;
+                        }
+                        Ok(Some(stored)) => {
+                            if !matches_stored(&stored, &e) {
+                                let _ = reply.send(Err(AppendError::IdempotencyConflict {
+                                    entry: i,
+                                    key: key.clone(),
+                                    seq: stored.entry.seq,
+                                }));
+                                continue 'requests;
+                            }
+                            slots.push(Slot::Duplicate {
+                                seq: stored.entry.seq,
+                                leaf: stored.leaf_hash,
+                                ts: stored.entry.timestamp_unix_nanos,
+                            });
+                            continue;
+                        }
+                        Ok(None) => {
+                            staged_keys.insert(key.clone(), staged.len());
+                        }
+                    }
+                }
+                slots.push(Slot::New(fresh.len() + staged.len()));
+                staged.push(e);
+            }
+            for (k, j) in staged_keys {
+                keys.insert(k, fresh.len() + j);
+            }
+            fresh.extend(staged);
+            pending.push(Pending { slots, reply });
+        }
+        (fresh, pending)
+    }
+
+    fn lookup_key(&self, key: &str) -> Result<Option<StoredEntry>, AppendError> {
+        let unavailable = |e: StoreError| AppendError::Unavailable(e.to_string());
+        match self
+            .store
+            .seq_by_idempotency_key(&self.config.name, key)
+            .map_err(unavailable)?
+        {
+            None => Ok(None),
+            Some(seq) => self
+                .store
+                .entry(&self.config.name, seq)
+                .map_err(unavailable),
+        }
+    }
+
+    fn append_batch(&mut self, requests: Vec<Request>) {
+        if requests.is_empty() {
+            return;
+        }
+        let (fresh, pending) = self.plan(requests);
+        if pending.is_empty() {
+            return;
+        }
+        let log = self.config.name.clone();
+        let frontier = self.sequencer.frontier_nodes();
+        let (first_seq, ts, leaves, new_nodes, size, checkpoint) = if fresh.is_empty() {
+            // Only duplicates: answer against the latest checkpoint.
+            let Some(cp) = self.checkpoint.clone() else {
+                for p in pending {
+                    let _ = p
+                        .reply
+                        .send(Err(AppendError::Unavailable("no checkpoint yet".into())));
+                }
+                return;
+            };
+            (
+                self.sequencer.size(),
+                0,
+                Vec::new(),
+                HashMap::new(),
+                self.sequencer.size(),
+                cp,
+            )
+        } else {
+            let proposal = self.sequencer.sequence(fresh, self.clock.now());
+            let (mut batch, cp, new_nodes, next) = proposal.into_parts();
+            let signed = match cp.sign(&self.signer) {
+                Ok(s) => s,
+                Err(e) => {
+                    for p in pending {
+                        let _ = p
+                            .reply
+                            .send(Err(AppendError::Unavailable(format!("signing: {e}"))));
+                    }
+                    return;
+                }
+            };
+            batch.checkpoint = signed.clone();
+            if let Err(e) = self.store.append(&log, &batch) {
+                for p in pending {
+                    let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
+                }
+                return;
+            }
+            self.sequencer.commit(next);
+            self.checkpoint = Some(signed.clone());
+            {
+                let mut v = self.view.write().expect("view lock");
+                v.size = self.sequencer.size();
+                v.checkpoint = Some(signed.clone());
+            }
+            let ts = batch.entries[0].entry.timestamp_unix_nanos;
+            let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
+            (
+                batch.first_seq,
+                ts,
+                leaves,
+                new_nodes,
+                self.sequencer.size(),
+                signed,
+            )
+        };
+
+        let reader = OverlayReader {
+            batch: &new_nodes,
+            frontier: &frontier,
+            store: LogNodes {
+                store: self.store.as_ref(),
+                log: &log,
+            },
+        };
+        for p in pending {
+            let receipts: Result<Vec<Receipt>, TreeError> = p
+                .slots
+                .iter()
+                .map(|slot| {
+                    let (seq, leaf, ts, duplicate) = match *slot {
+                        Slot::New(j) => (first_seq + j as u64, leaves[j], ts, false),
+                        Slot::DuplicateInBatch(j) => (first_seq + j as u64, leaves[j], ts, true),
+                        Slot::Duplicate { seq, leaf, ts } => (seq, leaf, ts, true),
+                    };
+                    Ok(Receipt {
+                        seq,
+                        leaf_hash: leaf,
+                        timestamp_unix_nanos: ts,
+                        duplicate,
+                        inclusion_proof: merkle::inclusion_proof::<Blake3>(&reader, seq, size)?,
+                    })
+                })
+                .collect();
+            let _ = p.reply.send(
+                receipts
+                    .map(|receipts| AppendOutcome {
+                        receipts,
+                        checkpoint: checkpoint.clone(),
+                        tree_size: size,
+                    })
+                    .map_err(|e| AppendError::Unavailable(format!("building proofs: {e}"))),
+            );
+        }
+        if self.sequencer.segment_len() >= self.config.seal_max_entries {
+            self.seal(SealReason::Size).ok();
+        }
+    }
+}

@@ -1,0 +1,1007 @@
+//! The embedded store: one data directory, segment files as the source of
+//! truth, sled for derived indexes.
+//!
+//! Layout (FORMAT.md §8):
+//! ```text
+//! DATA/LOCK                      held exclusively while a process uses DATA
+//! DATA/logs/<log>/<segment>.seg  segment files, 20-digit zero-padded numbers
+//! DATA/index/                    sled database (derived; may be deleted)
+//! ```
+//!
+//! Invariants:
+//! - Appends are durable (`fdatasync`) before [`Store::append`] returns; new
+//!   files are followed by a directory fsync.
+//! - On open, the last segment's uncommitted tail (bytes after its last
+//!   checkpoint or seal record) is cut and reported; bad bytes followed by a
+//!   valid record, or any bad bytes in a sealed segment, refuse the log with
+//!   the file and offset until an operator acts.
+//! - The index catches up from the segments on open; an index that claims
+//!   more than the segments hold is discarded and rebuilt.
+//! - After a failed write or sync the log is refused until restart: the
+//!   state of the page cache after a failed fsync is unknown.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::core::hash::{Blake3, Hash};
+use crate::core::merkle::{CompactRange, NodeId, NodeReadError, NodeReader};
+use crate::core::note;
+use crate::core::seal::Seal;
+
+use super::index::{IndexedEntry, Location, LogIndex};
+use super::segment::{
+    self, encode_entry_record, encode_other_record, list_segments, read_record_at, BadBytes,
+    PayloadState, Record, RecordKind, SegmentHeader, SegmentReader, SegmentWriter,
+};
+use super::{Batch, LogHead, LogSpec, OpenSegment, SegmentInfo, Store, StoreError, StoredEntry};
+
+/// What recovery cut from a log's last segment (never acknowledged data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Log name.
+    pub log: String,
+    /// File that was cut.
+    pub file: PathBuf,
+    /// New length of the file.
+    pub cut_at: u64,
+    /// Bytes removed.
+    pub bytes_cut: u64,
+    /// Complete entry records removed (their batch had no checkpoint yet).
+    pub entries_cut: u64,
+    /// Why the tail was bad, if it was not simply an unfinished batch.
+    pub reason: Option<String>,
+}
+
+struct LogState {
+    writer: SegmentWriter,
+    segment: u64,
+    segment_first_seq: u64,
+    size: u64,
+    refused: Option<(String, String)>,
+}
+
+struct LogFiles {
+    dir: PathBuf,
+    index: LogIndex,
+    state: Mutex<LogState>,
+}
+
+/// The embedded store. See the module documentation.
+pub struct EmbeddedStore {
+    root: PathBuf,
+    db: sled::Db,
+    logs: RwLock<HashMap<String, Arc<LogFiles>>>,
+    recoveries: Mutex<Vec<Recovery>>,
+    _lock: File,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Is `name` usable as a log name (and directory name)?
+pub fn is_valid_log_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+        && !name.starts_with('.')
+}
+
+/// State of a last-segment scan.
+struct TailScan {
+    header: SegmentHeader,
+    /// Leaf hashes of the committed entries of the segment.
+    leaves: Vec<Hash>,
+    /// Timestamp of the last committed entry.
+    last_ts: Option<i64>,
+    /// Timestamp of the first committed entry.
+    first_ts: Option<i64>,
+    /// Offset just after the last committed record.
+    committed_len: u64,
+    /// The seal, when the segment is sealed.
+    seal: Option<Seal>,
+    recovery: Option<Recovery>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating) a data directory and takes its lock.
+    ///
+    /// # Errors
+    /// When the directory is locked by another process, or I/O fails.
+    pub fn open(root: &Path) -> Result<EmbeddedStore, StoreError> {
+        fs::create_dir_all(root.join("logs")).map_err(io(format!("create {}", root.display())))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("LOCK"))
+            .map_err(io("open LOCK"))?;
+        lock.try_lock().map_err(|e| StoreError::Io {
+            context: format!(
+                "data directory {} is in use by another process",
+                root.display()
+            ),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        // Our LOCK is held, so no other process uses the index; a sled lock
+        // still held means a store of this process was just dropped and
+        // sled's background thread has not released it yet.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(root.join("index"))
+                .flush_every_ms(Some(1000))
+                .open()
+            {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
+        Ok(EmbeddedStore {
+            root: root.to_owned(),
+            db,
+            logs: RwLock::new(HashMap::new()),
+            recoveries: Mutex::new(Vec::new()),
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of a log's segment files.
+    pub fn log_dir(&self, log: &str) -> PathBuf {
+        self.root.join("logs").join(log)
+    }
+
+    /// Names of the logs present on disk (whether opened or not).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn logs_on_disk(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.root.join("logs")).map_err(io("list logs"))? {
+            let e = e.map_err(io("list logs"))?;
+            if let Some(n) = e.file_name().to_str() {
+                if e.path().is_dir() && is_valid_log_name(n) {
+                    out.push(n.to_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// What recovery cut since the store was opened (drained).
+    pub fn take_recoveries(&self) -> Vec<Recovery> {
+        std::mem::take(&mut self.recoveries.lock().expect("recoveries lock"))
+    }
+
+    /// Flushes the index to disk (it is rebuilt if lost; this only shortens
+    /// the catch-up after a crash).
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn flush_index(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn log(&self, log: &str) -> Result<Arc<LogFiles>, StoreError> {
+        self.logs
+            .read()
+            .expect("logs lock")
+            .get(log)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownLog(log.to_owned()))
+    }
+
+    fn corrupt(log: &str, path: &Path, bad: &BadBytes) -> StoreError {
+        StoreError::Corrupt {
+            log: log.to_owned(),
+            location: format!("{} at byte {}", path.display(), bad.offset),
+            reason: bad.reason.to_owned(),
+        }
+    }
+
+    /// Scans the last segment, cutting its uncommitted tail.
+    fn scan_tail(&self, spec: &LogSpec, path: &Path, index: u64) -> Result<TailScan, StoreError> {
+        let ctx = || format!("read {}", path.display());
+        let mut r = SegmentReader::open(path).map_err(io(ctx()))?;
+        let header = match r.next_record().map_err(io(ctx()))? {
+            Ok(Some((_, Record::Header(h)))) => h,
+            Ok(_) => {
+                return Err(Self::corrupt(
+                    &spec.name,
+                    path,
+                    &BadBytes {
+                        offset: 0,
+                        reason: "segment does not start with a header",
+                    },
+                ))
+            }
+            Err(bad) => return Err(Self::corrupt(&spec.name, path, &bad)),
+        };
+        if header.segment != index {
+            return Err(Self::corrupt(
+                &spec.name,
+                path,
+                &BadBytes {
+                    offset: 0,
+                    reason: "header names another segment number",
+                },
+            ));
+        }
+        if header.origin != spec.origin {
+            return Err(StoreError::OriginMismatch {
+                log: spec.name.clone(),
+                stored: header.origin,
+                configured: spec.origin.clone(),
+            });
+        }
+        let mut leaves = Vec::new();
+        let mut pending: Vec<(Hash, i64)> = Vec::new();
+        let mut last_ts = None;
+        let mut first_ts = None;
+        let mut committed_len = r.offset();
+        let mut seal = None;
+        let mut bad_tail = None;
+        loop {
+            match r.next_record().map_err(io(ctx()))? {
+                Ok(None) => break,
+                Ok(Some((off, rec))) => {
+                    if seal.is_some() {
+                        return Err(Self::corrupt(
+                            &spec.name,
+                            path,
+                            &BadBytes {
+                                offset: off,
+                                reason: "record after the seal",
+                            },
+                        ));
+                    }
+                    match rec {
+                        Record::Entry(e) => {
+                            let entry = e.entry().map_err(|_| {
+                                Self::corrupt(
+                                    &spec.name,
+                                    path,
+                                    &BadBytes {
+                                        offset: off,
+                                        reason: "entry does not decode",
+                                    },
+                                )
+                            })?;
+                            let want = header.first_seq + (leaves.len() + pending.len()) as u64;
+                            if entry.seq != want {
+                                return Err(Self::corrupt(
+                                    &spec.name,
+                                    path,
+                                    &BadBytes {
+                                        offset: off,
+                                        reason: "entry out of sequence",
+                                    },
+                                ));
+                            }
+                            pending.push((e.leaf_hash, entry.timestamp_unix_nanos));
+                        }
+                        Record::Checkpoint(_) | Record::Seal(_) => {
+                            for (h, ts) in pending.drain(..) {
+                                leaves.push(h);
+                                first_ts.get_or_insert(ts);
+                                last_ts = Some(ts);
+                            }
+                            committed_len = r.offset();
+                            if let Record::Seal(text) = rec {
+                                seal = Some(parse_seal(&text).ok_or_else(|| {
+                                    Self::corrupt(
+                                        &spec.name,
+                                        path,
+                                        &BadBytes {
+                                            offset: off,
+                                            reason: "seal record is not a seal",
+                                        },
+                                    )
+                                })?);
+                            }
+                        }
+                        Record::Header(_) => {
+                            return Err(Self::corrupt(
+                                &spec.name,
+                                path,
+                                &BadBytes {
+                                    offset: off,
+                                    reason: "second header",
+                                },
+                            ))
+                        }
+                    }
+                }
+                Err(bad) => {
+                    if let Some(at) = r.valid_record_after(bad.offset).map_err(io(ctx()))? {
+                        return Err(StoreError::Corrupt {
+                            log: spec.name.clone(),
+                            location: format!("{} at byte {}", path.display(), bad.offset),
+                            reason: format!(
+                                "{}, and a valid record follows at byte {at}",
+                                bad.reason
+                            ),
+                        });
+                    }
+                    bad_tail = Some(bad);
+                    break;
+                }
+            }
+        }
+        let file_len = r.file_len();
+        let recovery = (committed_len != file_len).then(|| Recovery {
+            log: spec.name.clone(),
+            file: path.to_owned(),
+            cut_at: committed_len,
+            bytes_cut: file_len - committed_len,
+            entries_cut: pending.len() as u64,
+            reason: bad_tail.map(|b| format!("{} at byte {}", b.reason, b.offset)),
+        });
+        Ok(TailScan {
+            header,
+            leaves,
+            last_ts,
+            first_ts,
+            committed_len,
+            seal,
+            recovery,
+        })
+    }
+
+    /// Re-indexes segments from the one holding seq `from` up to `size`.
+    fn catch_up(
+        &self,
+        spec: &LogSpec,
+        index: &LogIndex,
+        segments: &[(u64, PathBuf)],
+        from: u64,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let mut frontier = CompactRange::<Blake3>::from_reader(&IndexReader(index), from)
+            .map_err(|e| StoreError::Index(e.to_string()))?;
+        let mut next = from;
+        for (seg, path) in segments {
+            let ctx = || format!("read {}", path.display());
+            let mut r = SegmentReader::open(path).map_err(io(ctx()))?;
+            let mut pending: Vec<(u64, crate::core::entry::Entry, Hash)> = Vec::new();
+            let mut nodes = Vec::new();
+            let mut header_first = None;
+            while let Some((off, rec)) = r
+                .next_record()
+                .map_err(io(ctx()))?
+                .map_err(|bad| Self::corrupt(&spec.name, path, &bad))?
+            {
+                match rec {
+                    Record::Header(h) => {
+                        header_first = Some(h.first_seq);
+                        index.add_segment(*seg, h.first_seq)?;
+                    }
+                    Record::Entry(e) => {
+                        let entry = e.entry().map_err(|_| {
+                            Self::corrupt(
+                                &spec.name,
+                                path,
+                                &BadBytes {
+                                    offset: off,
+                                    reason: "entry does not decode",
+                                },
+                            )
+                        })?;
+                        if entry.seq >= next && entry.seq < size {
+                            pending.push((off, entry, e.leaf_hash));
+                        }
+                    }
+                    Record::Checkpoint(_) | Record::Seal(_) => {
+                        let (cp, is_seal) = match rec {
+                            Record::Seal(t) => (t, true),
+                            Record::Checkpoint(t) => (t, false),
+                            _ => unreachable!("matched above"),
+                        };
+                        if !pending.is_empty() {
+                            if pending[0].1.seq != next {
+                                return Err(StoreError::Corrupt {
+                                    log: spec.name.clone(),
+                                    location: format!("{}", path.display()),
+                                    reason: format!(
+                                        "expected seq {next}, found {}",
+                                        pending[0].1.seq
+                                    ),
+                                });
+                            }
+                            nodes.clear();
+                            for (_, _, leaf) in &pending {
+                                frontier.append(*leaf, |id, h| nodes.push((id, h)));
+                            }
+                            let items: Vec<IndexedEntry<'_>> = pending
+                                .iter()
+                                .map(|(off, entry, leaf)| IndexedEntry {
+                                    entry,
+                                    leaf_hash: *leaf,
+                                    location: Location {
+                                        segment: *seg,
+                                        offset: *off,
+                                    },
+                                })
+                                .collect();
+                            index.add_entries(
+                                next,
+                                &items,
+                                &nodes,
+                                (!is_seal).then_some(cp.as_str()),
+                            )?;
+                            next += pending.len() as u64;
+                            pending.clear();
+                        } else if !is_seal {
+                            if let Some(size) = checkpoint_size(&cp) {
+                                index.add_checkpoint(size, &cp)?;
+                            }
+                        }
+                        if is_seal {
+                            let first = header_first.unwrap_or(0);
+                            index.add_seal(*seg, first, &cp)?;
+                        }
+                    }
+                }
+            }
+        }
+        if next != size {
+            return Err(StoreError::Corrupt {
+                log: spec.name.clone(),
+                location: self.log_dir(&spec.name).display().to_string(),
+                reason: format!("segments hold entries up to {next}, expected {size}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads the text of a signed seal note (signatures are the verifier's job).
+fn parse_seal(signed: &str) -> Option<Seal> {
+    let (text, _) = note::parse(signed).ok()?;
+    Seal::from_text(&text).ok()
+}
+
+fn checkpoint_size(signed: &str) -> Option<u64> {
+    let (text, _) = note::parse(signed).ok()?;
+    crate::core::checkpoint::Checkpoint::from_text(&text)
+        .ok()
+        .map(|c| c.size)
+}
+
+struct IndexReader<'a>(&'a LogIndex);
+
+impl NodeReader for IndexReader<'_> {
+    fn node(&self, id: NodeId) -> Result<Hash, NodeReadError> {
+        self.0.node(id)
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn open_log(&self, spec: &LogSpec, now: i64) -> Result<LogHead, StoreError> {
+        if !is_valid_log_name(&spec.name) {
+            return Err(StoreError::Io {
+                context: format!("log name {:?}", spec.name),
+                source: std::io::Error::other(
+                    "log names are 1-64 characters of a-z, 0-9, '_', '-', '.'",
+                ),
+            });
+        }
+        let dir = self.log_dir(&spec.name);
+        let index = LogIndex::open(&self.db, &spec.name)?;
+        let mut segments = list_segments(&dir).map_err(io(format!("list {}", dir.display())))?;
+
+        if segments.is_empty() {
+            fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+            segment::sync_dir(&self.root.join("logs")).map_err(io("sync logs dir"))?;
+            index.clear()?;
+            let header = SegmentHeader {
+                segment: 0,
+                first_seq: 0,
+                span_from: now,
+                origin: spec.origin.clone(),
+            };
+            let writer = SegmentWriter::create(&dir, &header)
+                .map_err(io(format!("create segment in {}", dir.display())))?;
+            index.add_segment(0, 0)?;
+            self.install(spec, dir, index, writer, 0, 0, 0);
+            return Ok(LogHead {
+                size: 0,
+                prev_leaf: Hash::ZERO,
+                last_timestamp: now,
+                frontier: Vec::new(),
+                segment: OpenSegment {
+                    index: 0,
+                    first_seq: 0,
+                    span_from: now,
+                    frontier: Vec::new(),
+                    first_timestamp: None,
+                },
+                prev_seal: Hash::ZERO,
+                latest_checkpoint: None,
+            });
+        }
+
+        for (i, (n, path)) in segments.iter().enumerate() {
+            if *n != i as u64 {
+                return Err(StoreError::Corrupt {
+                    log: spec.name.clone(),
+                    location: path.display().to_string(),
+                    reason: format!("segment {i} is missing"),
+                });
+            }
+        }
+        let (last_index, last_path) = segments.last().cloned().expect("non-empty");
+        let tail = self.scan_tail(spec, &last_path, last_index)?;
+        if let Some(rec) = &tail.recovery {
+            self.recoveries
+                .lock()
+                .expect("recoveries lock")
+                .push(rec.clone());
+        }
+        let mut writer = SegmentWriter::reopen(&last_path, tail.committed_len)
+            .map_err(io(format!("reopen {}", last_path.display())))?;
+        let size = tail.header.first_seq + tail.leaves.len() as u64;
+
+        // Index catch-up (or rebuild when it claims more than the files hold).
+        let mut indexed = index.indexed_size()?;
+        if indexed > size {
+            index.clear()?;
+            indexed = 0;
+        }
+        let known = index.segments()?;
+        let first_unsealed =
+            (0..last_index).find(|n| !known.iter().any(|k| k.0 == *n && k.2.is_some()));
+        if indexed < size || first_unsealed.is_some() {
+            let containing = if indexed == 0 {
+                0
+            } else {
+                known
+                    .iter()
+                    .filter(|k| k.1 <= indexed)
+                    .map(|k| k.0)
+                    .max()
+                    .unwrap_or(0)
+            };
+            let start = first_unsealed.map_or(containing, |u| u.min(containing)) as usize;
+            self.catch_up(spec, &index, &segments[start..], indexed, size)?;
+        }
+        index.add_segment(tail.header.segment, tail.header.first_seq)?;
+
+        // A sealed last segment: open the next one.
+        let (open, prev_seal) = match &tail.seal {
+            Some(seal) => {
+                let header = SegmentHeader {
+                    segment: last_index + 1,
+                    first_seq: seal.end_seq,
+                    span_from: seal.span_to,
+                    origin: spec.origin.clone(),
+                };
+                writer = SegmentWriter::create(&dir, &header)
+                    .map_err(io(format!("create segment in {}", dir.display())))?;
+                index.add_segment(header.segment, header.first_seq)?;
+                segments.push((header.segment, writer.path().to_owned()));
+                (
+                    OpenSegment {
+                        index: header.segment,
+                        first_seq: header.first_seq,
+                        span_from: header.span_from,
+                        frontier: Vec::new(),
+                        first_timestamp: None,
+                    },
+                    seal.hash(),
+                )
+            }
+            None => {
+                let mut seg_frontier = CompactRange::<Blake3>::new();
+                for l in &tail.leaves {
+                    seg_frontier.append(*l, |_, _| {});
+                }
+                let prev_seal = if last_index == 0 {
+                    Hash::ZERO
+                } else {
+                    let seals = index.segments()?;
+                    let text = seals
+                        .iter()
+                        .find(|s| s.0 == last_index - 1)
+                        .and_then(|s| s.2.clone())
+                        .ok_or_else(|| StoreError::Corrupt {
+                            log: spec.name.clone(),
+                            location: segments[segments.len() - 2].1.display().to_string(),
+                            reason: "segment before the open one has no seal".into(),
+                        })?;
+                    parse_seal(&text)
+                        .ok_or_else(|| StoreError::Index("stored seal does not parse".into()))?
+                        .hash()
+                };
+                (
+                    OpenSegment {
+                        index: last_index,
+                        first_seq: tail.header.first_seq,
+                        span_from: tail.header.span_from,
+                        frontier: seg_frontier.hashes().to_vec(),
+                        first_timestamp: tail.first_ts,
+                    },
+                    prev_seal,
+                )
+            }
+        };
+
+        let frontier = CompactRange::<Blake3>::from_reader(&IndexReader(&index), size)
+            .map_err(|e| StoreError::Index(e.to_string()))?;
+        let prev_leaf = if size == 0 {
+            Hash::ZERO
+        } else {
+            index
+                .node(NodeId::leaf(size - 1))
+                .map_err(|e| StoreError::Index(e.to_string()))?
+        };
+        let last_timestamp = match tail.last_ts {
+            Some(ts) => ts,
+            None if size == 0 => tail.header.span_from,
+            None => {
+                // The open segment is empty: the previous entry's time, or
+                // the span start if later (spans never go back).
+                let prev = self.read_entry_with(&spec.name, &dir, &index, size - 1)?;
+                prev.map(|e| e.entry.timestamp_unix_nanos)
+                    .unwrap_or(open.span_from)
+                    .max(open.span_from)
+            }
+        };
+        let latest_checkpoint = index.latest_checkpoint()?.map(|(_, t)| t);
+        self.install(spec, dir, index, writer, open.index, open.first_seq, size);
+        Ok(LogHead {
+            size,
+            prev_leaf,
+            last_timestamp,
+            frontier: frontier.hashes().to_vec(),
+            segment: open,
+            prev_seal,
+            latest_checkpoint,
+        })
+    }
+
+    fn logs(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .logs
+            .read()
+            .expect("logs lock")
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn append(&self, log: &str, batch: &Batch) -> Result<(), StoreError> {
+        let files = self.log(log)?;
+        let mut st = files.state.lock().expect("log state lock");
+        if let Some((location, reason)) = &st.refused {
+            return Err(StoreError::Corrupt {
+                log: log.to_owned(),
+                location: location.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if batch.first_seq != st.size {
+            return Err(StoreError::HeadMoved {
+                log: log.to_owned(),
+                expected: batch.first_seq,
+                actual: st.size,
+            });
+        }
+        let payload_bytes: usize = batch
+            .entries
+            .iter()
+            .map(|e| e.payload.len() + e.encoding.len() + 128)
+            .sum();
+        let mut buf = Vec::with_capacity(payload_bytes + batch.checkpoint.len() + 64);
+        let base = st.writer.len();
+        let mut offsets = Vec::with_capacity(batch.entries.len());
+        for e in &batch.entries {
+            offsets.push(base + buf.len() as u64);
+            encode_entry_record(
+                &mut buf,
+                &e.encoding,
+                &e.leaf_hash,
+                PayloadState::Present,
+                Some(&e.salt),
+                &e.payload,
+            );
+        }
+        encode_other_record(
+            &mut buf,
+            RecordKind::Checkpoint,
+            batch.checkpoint.as_bytes(),
+        );
+        if let Err(e) = st.writer.write_and_sync(&buf) {
+            let location = st.writer.path().display().to_string();
+            st.refused = Some((
+                location.clone(),
+                format!("write failed: {e}; restart to recover"),
+            ));
+            return Err(StoreError::Io {
+                context: format!("append to {location}"),
+                source: e,
+            });
+        }
+        let items: Vec<IndexedEntry<'_>> = batch
+            .entries
+            .iter()
+            .zip(&offsets)
+            .map(|(e, off)| IndexedEntry {
+                entry: &e.entry,
+                leaf_hash: e.leaf_hash,
+                location: Location {
+                    segment: st.segment,
+                    offset: *off,
+                },
+            })
+            .collect();
+        st.size += batch.entries.len() as u64;
+        if let Err(e) = files.index.add_entries(
+            batch.first_seq,
+            &items,
+            &batch.nodes,
+            Some(&batch.checkpoint),
+        ) {
+            st.refused = Some((
+                "index".into(),
+                format!("index update failed: {e}; restart to rebuild"),
+            ));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn seal(&self, log: &str, seal: &Seal, signed: &str) -> Result<(), StoreError> {
+        let files = self.log(log)?;
+        let mut st = files.state.lock().expect("log state lock");
+        if let Some((location, reason)) = &st.refused {
+            return Err(StoreError::Corrupt {
+                log: log.to_owned(),
+                location: location.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if seal.segment != st.segment
+            || seal.first_seq != st.segment_first_seq
+            || seal.end_seq != st.size
+        {
+            return Err(StoreError::Index(format!(
+                "seal of segment {} [{}, {}) does not close the open segment {} [{}, {})",
+                seal.segment,
+                seal.first_seq,
+                seal.end_seq,
+                st.segment,
+                st.segment_first_seq,
+                st.size
+            )));
+        }
+        let mut buf = Vec::new();
+        encode_other_record(&mut buf, RecordKind::Seal, signed.as_bytes());
+        if let Err(e) = st.writer.write_and_sync(&buf) {
+            let location = st.writer.path().display().to_string();
+            st.refused = Some((
+                location.clone(),
+                format!("write failed: {e}; restart to recover"),
+            ));
+            return Err(StoreError::Io {
+                context: format!("seal {location}"),
+                source: e,
+            });
+        }
+        files.index.add_seal(seal.segment, seal.first_seq, signed)?;
+        let header = SegmentHeader {
+            segment: seal.segment + 1,
+            first_seq: seal.end_seq,
+            span_from: seal.span_to,
+            origin: seal.origin.clone(),
+        };
+        match SegmentWriter::create(&files.dir, &header) {
+            Ok(w) => {
+                st.writer = w;
+                st.segment = header.segment;
+                st.segment_first_seq = header.first_seq;
+            }
+            Err(e) => {
+                st.refused = Some((
+                    files.dir.display().to_string(),
+                    format!("cannot create the next segment: {e}; restart to recover"),
+                ));
+                return Err(StoreError::Io {
+                    context: "create next segment".into(),
+                    source: e,
+                });
+            }
+        }
+        files.index.add_segment(header.segment, header.first_seq)?;
+        Ok(())
+    }
+
+    fn entry(&self, log: &str, seq: u64) -> Result<Option<StoredEntry>, StoreError> {
+        let files = self.log(log)?;
+        let size = files.state.lock().expect("log state lock").size;
+        if seq >= size {
+            return Ok(None);
+        }
+        let result = self.read_entry_with(log, &files.dir, &files.index, seq);
+        if let Err(StoreError::Corrupt {
+            location, reason, ..
+        }) = &result
+        {
+            let mut st = files.state.lock().expect("log state lock");
+            st.refused.get_or_insert((location.clone(), reason.clone()));
+        }
+        result
+    }
+
+    fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError> {
+        self.log(log)?.index.seq_by_idempotency_key(key)
+    }
+
+    fn seqs_by_subject(
+        &self,
+        log: &str,
+        subject: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.log(log)?
+            .index
+            .seqs_by_subject(subject, from_seq, limit)
+    }
+
+    fn seqs_by_actor(
+        &self,
+        log: &str,
+        actor: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.log(log)?.index.seqs_by_actor(actor, from_seq, limit)
+    }
+
+    fn seq_range_by_time(
+        &self,
+        log: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Range<u64>, StoreError> {
+        self.log(log)?.index.seq_range_by_time(since, until)
+    }
+
+    fn node(&self, log: &str, id: NodeId) -> Result<Hash, NodeReadError> {
+        match self.log(log) {
+            Ok(f) => f.index.node(id),
+            Err(e) => Err(NodeReadError {
+                id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn checkpoint_at(&self, log: &str, size: u64) -> Result<Option<String>, StoreError> {
+        self.log(log)?.index.checkpoint_at(size)
+    }
+
+    fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError> {
+        let files = self.log(log)?;
+        let size = files.state.lock().expect("log state lock").size;
+        files
+            .index
+            .segments()?
+            .into_iter()
+            .map(|(index, first_seq, seal)| {
+                let end_seq = match &seal {
+                    Some(s) => {
+                        parse_seal(s)
+                            .ok_or_else(|| {
+                                StoreError::Index(format!("seal of segment {index} does not parse"))
+                            })?
+                            .end_seq
+                    }
+                    None => size,
+                };
+                Ok(SegmentInfo {
+                    index,
+                    first_seq,
+                    end_seq,
+                    seal,
+                })
+            })
+            .collect()
+    }
+}
+
+impl EmbeddedStore {
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &self,
+        spec: &LogSpec,
+        dir: PathBuf,
+        index: LogIndex,
+        writer: SegmentWriter,
+        segment: u64,
+        segment_first_seq: u64,
+        size: u64,
+    ) {
+        let files = LogFiles {
+            dir,
+            index,
+            state: Mutex::new(LogState {
+                writer,
+                segment,
+                segment_first_seq,
+                size,
+                refused: None,
+            }),
+        };
+        self.logs
+            .write()
+            .expect("logs lock")
+            .insert(spec.name.clone(), Arc::new(files));
+    }
+
+    fn read_entry_with(
+        &self,
+        log: &str,
+        dir: &Path,
+        index: &LogIndex,
+        seq: u64,
+    ) -> Result<Option<StoredEntry>, StoreError> {
+        let Some((loc, leaf)) = index.location(seq)? else {
+            return Ok(None);
+        };
+        let path = dir.join(segment::segment_file_name(loc.segment));
+        let rec =
+            read_record_at(&path, loc.offset).map_err(io(format!("read {}", path.display())))?;
+        let bad = |reason: &'static str| {
+            Self::corrupt(
+                log,
+                &path,
+                &BadBytes {
+                    offset: loc.offset,
+                    reason,
+                },
+            )
+        };
+        match rec {
+            Ok(Record::Entry(e)) => {
+                if e.leaf_hash != leaf {
+                    return Err(bad("leaf hash differs from the index"));
+                }
+                let entry = e.entry().map_err(|_| bad("entry does not decode"))?;
+                if entry.seq != seq {
+                    return Err(bad("entry has another seq than the index says"));
+                }
+                Ok(Some(StoredEntry {
+                    entry,
+                    leaf_hash: e.leaf_hash,
+                    state: e.state,
+                    salt: e.salt,
+                    payload: e.payload,
+                }))
+            }
+            Ok(_) => Err(bad("index points at a record that is not an entry")),
+            Err(b) => Err(Self::corrupt(log, &path, &b)),
+        }
+    }
+}

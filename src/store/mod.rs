@@ -1,0 +1,289 @@
+//! Storage of logs: the [`Store`] trait the engine talks to, and its
+//! embedded implementation (segment files + sled indexes).
+//!
+//! The trait is shaped for two implementations: the embedded store (one
+//! process owns the data directory) and a PostgreSQL store (many processes
+//! share one database). Appends are optimistic: a [`Batch`] names the seq it
+//! starts at, and the store refuses it with [`StoreError::HeadMoved`] if the
+//! log's durable size is not that seq, so no two writers can ever extend the
+//! same chain from the same head.
+
+pub mod embedded;
+pub mod index;
+pub mod segment;
+
+use std::ops::Range;
+
+use crate::core::entry::{Entry, Salt};
+use crate::core::hash::Hash;
+use crate::core::merkle::{NodeId, NodeReadError};
+use crate::core::seal::Seal;
+
+pub use segment::PayloadState;
+
+/// What the store must know to create or open a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSpec {
+    /// Log name (`orders`), unique in a store.
+    pub name: String,
+    /// Origin (`audit.example.com/orders`).
+    pub origin: String,
+}
+
+/// The durable head of a log: everything the sequencer needs to extend it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    /// Number of durable entries.
+    pub size: u64,
+    /// Leaf hash of entry `size - 1`, [`Hash::ZERO`] when empty.
+    pub prev_leaf: Hash,
+    /// Timestamp of entry `size - 1`, or the open segment's span start.
+    pub last_timestamp: i64,
+    /// Frontier of the log tree at `size` (one hash per set bit of `size`).
+    pub frontier: Vec<Hash>,
+    /// The segment new entries go to.
+    pub segment: OpenSegment,
+    /// Hash of the last seal body, [`Hash::ZERO`] before the first seal.
+    pub prev_seal: Hash,
+    /// Latest signed checkpoint, if any entry was ever appended.
+    pub latest_checkpoint: Option<String>,
+}
+
+/// The open (unsealed) segment of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSegment {
+    /// Segment number.
+    pub index: u64,
+    /// First seq it holds.
+    pub first_seq: u64,
+    /// Start of its time span.
+    pub span_from: i64,
+    /// Frontier of the tree of the segment's own leaves.
+    pub frontier: Vec<Hash>,
+    /// Timestamp of its first entry, if it has one.
+    pub first_timestamp: Option<i64>,
+}
+
+/// One sequenced entry, ready to be written.
+#[derive(Debug, Clone)]
+pub struct BatchEntry {
+    /// Decoded fields (for the indexes).
+    pub entry: Entry,
+    /// Canonical encoding.
+    pub encoding: Vec<u8>,
+    /// Leaf hash of the encoding.
+    pub leaf_hash: Hash,
+    /// Payload salt.
+    pub salt: Salt,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// A group of entries appended and made durable together, with the signed
+/// checkpoint of the tree that ends with them.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Seq of the first entry: must equal the log's durable size.
+    pub first_seq: u64,
+    /// The entries, in seq order.
+    pub entries: Vec<BatchEntry>,
+    /// Perfect tree nodes (level >= 1) the entries completed.
+    pub nodes: Vec<(NodeId, Hash)>,
+    /// Signed checkpoint at `first_seq + entries.len()`.
+    pub checkpoint: String,
+}
+
+/// An entry as read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Decoded fields.
+    pub entry: Entry,
+    /// Leaf hash.
+    pub leaf_hash: Hash,
+    /// Whether payload and salt are still there.
+    pub state: PayloadState,
+    /// Salt, when present.
+    pub salt: Option<Salt>,
+    /// Payload, empty unless present.
+    pub payload: Vec<u8>,
+}
+
+/// A segment as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Segment number.
+    pub index: u64,
+    /// First seq.
+    pub first_seq: u64,
+    /// One past the last seq (for the open segment: the current size).
+    pub end_seq: u64,
+    /// Signed seal text, when sealed.
+    pub seal: Option<String>,
+}
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such log.
+    #[error("unknown log {0:?}")]
+    UnknownLog(String),
+    /// The log's durable size is not where the batch starts.
+    #[error("log {log}: head moved (batch starts at {expected}, log has {actual} entries)")]
+    HeadMoved {
+        /// Log name.
+        log: String,
+        /// Where the batch starts.
+        expected: u64,
+        /// Durable size.
+        actual: u64,
+    },
+    /// The log's files are damaged; it is refused until an operator acts.
+    #[error("log {log} is refused: corruption in {location}: {reason}")]
+    Corrupt {
+        /// Log name.
+        log: String,
+        /// File and offset.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The log was opened with another origin than the one stored.
+    #[error("log {log}: stored origin is {stored:?}, configuration says {configured:?}")]
+    OriginMismatch {
+        /// Log name.
+        log: String,
+        /// Origin in the files.
+        stored: String,
+        /// Origin configured.
+        configured: String,
+    },
+    /// Index database failure.
+    #[error("index: {0}")]
+    Index(String),
+    /// File system failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Index(e.to_string())
+    }
+}
+
+/// The storage interface of the engine.
+///
+/// Implementations are shared between threads. Every method that returns
+/// is durable (appends, seals) or consistent with what was durable at the
+/// time of the call (reads).
+pub trait Store: Send + Sync + 'static {
+    /// Creates the log if it does not exist (its first segment starting at
+    /// `now`), recovers it if it does, and returns its durable head.
+    ///
+    /// # Errors
+    /// Corruption, origin mismatch, I/O.
+    fn open_log(&self, spec: &LogSpec, now: i64) -> Result<LogHead, StoreError>;
+
+    /// Names of the logs the store holds.
+    fn logs(&self) -> Vec<String>;
+
+    /// Writes a batch durably (entries, then its checkpoint) and indexes it.
+    ///
+    /// # Errors
+    /// [`StoreError::HeadMoved`] if `batch.first_seq` is not the durable
+    /// size; I/O; a refused log.
+    fn append(&self, log: &str, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Seals the open segment durably and opens the next one (whose span
+    /// starts at `seal.span_to`).
+    ///
+    /// # Errors
+    /// When the seal does not close the open segment, I/O.
+    fn seal(&self, log: &str, seal: &Seal, signed: &str) -> Result<(), StoreError>;
+
+    /// The entry at `seq`.
+    ///
+    /// # Errors
+    /// I/O or corruption.
+    fn entry(&self, log: &str, seq: u64) -> Result<Option<StoredEntry>, StoreError>;
+
+    /// Seq of the entry appended with `key`.
+    ///
+    /// # Errors
+    /// Index failure.
+    fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Seqs of entries about `subject`, from `from_seq`, at most `limit`.
+    ///
+    /// # Errors
+    /// Index failure.
+    fn seqs_by_subject(
+        &self,
+        log: &str,
+        subject: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Seqs of entries by `actor`, from `from_seq`, at most `limit`.
+    ///
+    /// # Errors
+    /// Index failure.
+    fn seqs_by_actor(
+        &self,
+        log: &str,
+        actor: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// The seqs whose timestamps lie in `[since, until)` (contiguous, since
+    /// timestamps never decrease within a log).
+    ///
+    /// # Errors
+    /// Index failure.
+    fn seq_range_by_time(
+        &self,
+        log: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Range<u64>, StoreError>;
+
+    /// A perfect tree node of the log (level 0 = leaf hashes).
+    ///
+    /// # Errors
+    /// When the node is not (yet) in the tree.
+    fn node(&self, log: &str, id: NodeId) -> Result<Hash, NodeReadError>;
+
+    /// The signed checkpoint stored for exactly `size`, if any.
+    ///
+    /// # Errors
+    /// Index failure.
+    fn checkpoint_at(&self, log: &str, size: u64) -> Result<Option<String>, StoreError>;
+
+    /// The segments of a log, oldest first, with their seals.
+    ///
+    /// # Errors
+    /// Index failure.
+    fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError>;
+}
+
+/// A [`crate::core::merkle::NodeReader`] over one log of a store.
+pub struct LogNodes<'a, S: ?Sized> {
+    /// The store.
+    pub store: &'a S,
+    /// The log.
+    pub log: &'a str,
+}
+
+impl<S: Store + ?Sized> crate::core::merkle::NodeReader for LogNodes<'_, S> {
+    fn node(&self, id: NodeId) -> Result<Hash, NodeReadError> {
+        self.store.node(self.log, id)
+    }
+}

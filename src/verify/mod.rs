@@ -1,0 +1,158 @@
+//! Verification: stable verdict codes, findings and reports, and the
+//! verifiers built on the core.
+//!
+//! Owns: [`Verdict`] (the codes scripts and reviewers rely on), [`Finding`],
+//! [`Report`], and [`store`] (whole data directories).
+//!
+//! Invariants:
+//! - Verifiers trust only the keys their caller passes; a key inside the
+//!   data is never trusted.
+//! - Verdict code strings never change: they are a contract.
+//! - ERASED and EXPIRED are informational; every other code but VALID makes
+//!   a report invalid.
+
+pub mod store;
+
+use std::fmt;
+
+/// The stable verdict codes of `auditlog verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Everything checked out.
+    Valid,
+    /// A hash does not match what it commits to (entry, payload, root).
+    HashMismatch,
+    /// An entry does not link to its predecessor, or seals do not chain.
+    ChainBroken,
+    /// A signature by a trusted key does not verify.
+    BadSignature,
+    /// Signed, but by no key the verifier trusts.
+    UnknownKey,
+    /// An inclusion or consistency proof does not verify.
+    BadProof,
+    /// An entry that must exist is not there.
+    MissingEntry,
+    /// The log or a segment ends before it should.
+    Truncated,
+    /// Bytes that do not parse as what they must be.
+    Malformed,
+    /// A payload removed by erasure (informational).
+    Erased,
+    /// A payload removed when its retention ended (informational).
+    Expired,
+}
+
+impl Verdict {
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Verdict::Valid => "VALID",
+            Verdict::HashMismatch => "HASH_MISMATCH",
+            Verdict::ChainBroken => "CHAIN_BROKEN",
+            Verdict::BadSignature => "BAD_SIGNATURE",
+            Verdict::UnknownKey => "UNKNOWN_KEY",
+            Verdict::BadProof => "BAD_PROOF",
+            Verdict::MissingEntry => "MISSING_ENTRY",
+            Verdict::Truncated => "TRUNCATED",
+            Verdict::Malformed => "MALFORMED",
+            Verdict::Erased => "ERASED",
+            Verdict::Expired => "EXPIRED",
+        }
+    }
+
+    /// True for codes that do not make evidence invalid.
+    pub fn is_informational(self) -> bool {
+        matches!(self, Verdict::Valid | Verdict::Erased | Verdict::Expired)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// One thing verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Its code.
+    pub verdict: Verdict,
+    /// Log name.
+    pub log: String,
+    /// Entry, when the finding is about one.
+    pub seq: Option<u64>,
+    /// Segment, when the finding is about one.
+    pub segment: Option<u64>,
+    /// The field or structure at fault (`payload`, `prev_leaf_hash`, `seal`).
+    pub field: String,
+    /// What exactly, for a person.
+    pub detail: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} log={}", self.verdict, self.log)?;
+        if let Some(s) = self.seq {
+            write!(f, " seq={s}")?;
+        }
+        if let Some(s) = self.segment {
+            write!(f, " segment={s}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, " field={}", self.field)?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Everything found, in the order found.
+    pub findings: Vec<Finding>,
+    /// Entries whose hashes were recomputed.
+    pub entries_checked: u64,
+    /// Signed checkpoints verified.
+    pub checkpoints_checked: u64,
+    /// Seals verified.
+    pub seals_checked: u64,
+}
+
+impl Report {
+    /// True when no finding is a failure.
+    pub fn is_valid(&self) -> bool {
+        self.findings.iter().all(|f| f.verdict.is_informational())
+    }
+
+    /// The failing findings.
+    pub fn failures(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| !f.verdict.is_informational())
+    }
+
+    /// True if some finding has this verdict.
+    pub fn has(&self, v: Verdict) -> bool {
+        self.findings.iter().any(|f| f.verdict == v)
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        verdict: Verdict,
+        log: &str,
+        seq: Option<u64>,
+        segment: Option<u64>,
+        field: &str,
+        detail: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            verdict,
+            log: log.to_owned(),
+            seq,
+            segment,
+            field: field.to_owned(),
+            detail: detail.into(),
+        });
+    }
+}

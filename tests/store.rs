@@ -1,0 +1,554 @@
+//! The embedded store and the engine: appends with receipts, idempotency,
+//! atomicity, limits, time, seals, restart and index rebuild.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread;
+
+use auditlog::core::checkpoint::Checkpoint;
+use auditlog::core::hash::Blake3;
+use auditlog::core::merkle::{proof_from_bytes, verify_consistency, verify_inclusion};
+use auditlog::core::seal::{Seal, SealReason};
+use auditlog::engine::input::{AppendError, Limits};
+use auditlog::engine::{AppendOutcome, LogConfig};
+use auditlog::store::Store;
+use auditlog::verify::store::verify_data_dir;
+use common::*;
+
+fn open_cp(signed: &str, origin: &str) -> Checkpoint {
+    Checkpoint::open(signed, &[signer().verifier()], Some(origin))
+        .unwrap()
+        .0
+}
+
+fn check_receipts(out: &AppendOutcome, origin: &str) {
+    let cp = open_cp(&out.checkpoint, origin);
+    assert_eq!(cp.size, out.tree_size);
+    for r in &out.receipts {
+        verify_inclusion::<Blake3>(r.seq, cp.size, &r.leaf_hash, &r.inclusion_proof, &cp.root)
+            .unwrap();
+    }
+}
+
+#[test]
+fn concurrent_appends_get_receipts_that_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders(), chats()], ManualClock::at(1_000));
+    let engine = Arc::new(f.engine);
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let engine = engine.clone();
+            thread::spawn(move || {
+                let mut outs = Vec::new();
+                for i in 0..25 {
+                    let entries = (0..(i % 3 + 1))
+                        .map(|j| input(&format!("order:{t}"), &format!("p{t}-{i}-{j}")))
+                        .collect();
+                    outs.push(engine.append_blocking("orders", entries).unwrap());
+                }
+                outs
+            })
+        })
+        .collect();
+    let outs: Vec<AppendOutcome> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let mut seqs: Vec<u64> = outs
+        .iter()
+        .flat_map(|o| o.receipts.iter().map(|r| r.seq))
+        .collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "dense, no duplicates"
+    );
+    for o in &outs {
+        check_receipts(o, "audit.example.com/orders");
+        // Every receipt's checkpoint is consistent with the latest one.
+        let (latest_size, latest) = engine.checkpoint("orders").unwrap().unwrap();
+        let latest = open_cp(&latest, "audit.example.com/orders");
+        let (proof, _, to) = engine
+            .consistency("orders", o.tree_size, latest_size)
+            .unwrap();
+        let old = open_cp(&o.checkpoint, "audit.example.com/orders");
+        verify_consistency::<Blake3>(old.size, to, &proof, &old.root, &latest.root).unwrap();
+    }
+    // Each entry reads back with the payload and a proof at an old size.
+    let first = &outs[0];
+    for r in &first.receipts {
+        let (stored, proof, cp) = engine.entry("orders", r.seq, first.tree_size).unwrap();
+        assert_eq!(stored.leaf_hash, r.leaf_hash);
+        assert_eq!(stored.entry.leaf_hash().unwrap(), r.leaf_hash);
+        assert!(String::from_utf8(stored.payload).unwrap().starts_with('p'));
+        let cp = open_cp(&cp, "audit.example.com/orders");
+        verify_inclusion::<Blake3>(r.seq, cp.size, &r.leaf_hash, &proof, &cp.root).unwrap();
+    }
+    // The other log is untouched and independent.
+    assert!(engine.checkpoint("chats").unwrap().is_none());
+    let c = engine
+        .append_blocking("chats", vec![input("conversation:1", "hi")])
+        .unwrap();
+    assert_eq!(c.receipts[0].seq, 0);
+    check_receipts(&c, "audit.example.com/chats");
+    engine.shutdown();
+    drop(engine);
+    drop(f.store);
+    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_eq!(report.entries_checked, seqs.len() as u64 + 1);
+}
+
+#[test]
+fn idempotent_retries_return_the_original_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(1_000));
+    let a = f
+        .engine
+        .append_blocking("orders", vec![keyed("order:1", "prompt", "k1")])
+        .unwrap();
+    f.clock.set(2_000);
+    let again = f
+        .engine
+        .append_blocking("orders", vec![keyed("order:1", "prompt", "k1")])
+        .unwrap();
+    assert!(again.receipts[0].duplicate);
+    assert_eq!(again.receipts[0].seq, a.receipts[0].seq);
+    assert_eq!(again.receipts[0].leaf_hash, a.receipts[0].leaf_hash);
+    assert_eq!(again.receipts[0].timestamp_unix_nanos, 1_000);
+    assert_eq!(again.tree_size, 1, "nothing appended");
+    check_receipts(&again, "audit.example.com/orders");
+
+    // Same key, other payload: refused, nothing appended.
+    let err = f
+        .engine
+        .append_blocking(
+            "orders",
+            vec![input("order:1", "x"), keyed("order:1", "other", "k1")],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AppendError::IdempotencyConflict {
+            entry: 1,
+            key: "k1".into(),
+            seq: 0
+        }
+    );
+    assert_eq!(f.engine.checkpoint("orders").unwrap().unwrap().0, 1);
+
+    // A mix of new and duplicate entries; a key repeated inside one request.
+    let mixed = f
+        .engine
+        .append_blocking(
+            "orders",
+            vec![
+                keyed("order:1", "prompt", "k1"),
+                keyed("order:2", "new", "k2"),
+                keyed("order:2", "new", "k2"),
+            ],
+        )
+        .unwrap();
+    let r = &mixed.receipts;
+    assert!(r[0].duplicate && !r[1].duplicate && r[2].duplicate);
+    assert_eq!((r[0].seq, r[1].seq, r[2].seq), (0, 1, 1));
+    check_receipts(&mixed, "audit.example.com/orders");
+    let err = f
+        .engine
+        .append_blocking(
+            "orders",
+            vec![keyed("order:3", "a", "k3"), keyed("order:3", "b", "k3")],
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        AppendError::IdempotencyConflict { entry: 1, .. }
+    ));
+
+    // Still a duplicate after a restart (the index survives or is rebuilt).
+    f.close();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(3_000));
+    let again = f
+        .engine
+        .append_blocking("orders", vec![keyed("order:2", "new", "k2")])
+        .unwrap();
+    assert!(again.receipts[0].duplicate);
+    assert_eq!(again.receipts[0].seq, 1);
+}
+
+#[test]
+fn a_request_with_one_bad_entry_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_payload_bytes: 100,
+        ..Limits::default()
+    };
+    let f = open_with(dir.path(), vec![orders()], ManualClock::at(1), limits);
+    f.engine
+        .append_blocking("orders", vec![input("order:1", "ok")])
+        .unwrap();
+    let mut bad = input("order:1", "ok");
+    bad.actor.clear();
+    let err = f
+        .engine
+        .append_blocking(
+            "orders",
+            vec![input("order:1", "a"), input("order:1", "b"), bad],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppendError::Invalid {
+                entry: 2,
+                field: "actor",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let big = input("order:1", &"x".repeat(101));
+    let err = f
+        .engine
+        .append_blocking("orders", vec![input("order:1", "a"), big])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppendError::TooLarge {
+                entry: Some(1),
+                field: "payload",
+                limit: 100,
+                actual: 101
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        f.engine
+            .append_blocking("nope", vec![input("order:1", "a")]),
+        Err(AppendError::UnknownLog(_))
+    ));
+    assert_eq!(
+        f.engine.checkpoint("orders").unwrap().unwrap().0,
+        1,
+        "nothing appended"
+    );
+    assert_eq!(
+        f.store
+            .seqs_by_subject("orders", "order:1", 0, 100)
+            .unwrap(),
+        vec![0]
+    );
+}
+
+#[test]
+fn timestamps_never_go_backwards_even_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(5_000));
+    let a = f
+        .engine
+        .append_blocking("orders", vec![input("s:1", "a")])
+        .unwrap();
+    f.clock.set(1_000);
+    let b = f
+        .engine
+        .append_blocking("orders", vec![input("s:1", "b")])
+        .unwrap();
+    assert_eq!(a.receipts[0].timestamp_unix_nanos, 5_000);
+    assert_eq!(b.receipts[0].timestamp_unix_nanos, 5_000);
+    f.close();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(10));
+    let c = f
+        .engine
+        .append_blocking("orders", vec![input("s:1", "c")])
+        .unwrap();
+    assert_eq!(c.receipts[0].timestamp_unix_nanos, 5_000);
+    f.clock.set(6_000);
+    let d = f
+        .engine
+        .append_blocking("orders", vec![input("s:1", "d")])
+        .unwrap();
+    assert_eq!(d.receipts[0].timestamp_unix_nanos, 6_000);
+    assert_eq!(
+        f.store.seq_range_by_time("orders", 5_000, 6_000).unwrap(),
+        0..3
+    );
+    assert_eq!(
+        f.store.seq_range_by_time("orders", 5_001, 7_000).unwrap(),
+        3..4
+    );
+}
+
+#[test]
+fn segments_seal_by_size_on_request_and_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = orders();
+    cfg.seal_max_entries = 5;
+    cfg.seal_after = None;
+    cfg.retention = Some(std::time::Duration::from_secs(60));
+    let f = open(dir.path(), vec![cfg.clone()], ManualClock::at(1_000));
+    for i in 0..12 {
+        f.clock.set(1_000 + i);
+        f.engine
+            .append_blocking("orders", vec![input("order:1", &format!("{i}"))])
+            .unwrap();
+    }
+    let sealed = f
+        .engine
+        .seal_blocking("orders", SealReason::Request)
+        .unwrap()
+        .unwrap();
+    assert_eq!((sealed.seal.first_seq, sealed.seal.end_seq), (10, 12));
+    // An empty segment can be sealed on request: the gap becomes visible.
+    let empty = f
+        .engine
+        .seal_blocking("orders", SealReason::Request)
+        .unwrap()
+        .unwrap();
+    assert!(empty.seal.is_empty());
+    let segs = f.store.segments("orders").unwrap();
+    let ranges: Vec<_> = segs
+        .iter()
+        .map(|s| (s.index, s.first_seq, s.end_seq, s.seal.is_some()))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (0, 0, 5, true),
+            (1, 5, 10, true),
+            (2, 10, 12, true),
+            (3, 12, 12, true),
+            (4, 12, 12, false)
+        ]
+    );
+    let mut prev: Option<Seal> = None;
+    for s in &segs[..4] {
+        let (seal, _) = Seal::open(s.seal.as_ref().unwrap(), &[signer().verifier()]).unwrap();
+        seal.check_follows(prev.as_ref()).unwrap();
+        assert_eq!(
+            seal.retain_until,
+            auditlog::core::seal::RetainUntil::At(seal.span_to + 60_000_000_000)
+        );
+        prev = Some(seal);
+    }
+    f.close();
+
+    // Age: with the real clock and a short seal_after, the thread seals by itself.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut cfg = orders();
+    cfg.seal_after = Some(std::time::Duration::from_millis(50));
+    let store = Arc::new(auditlog::store::embedded::EmbeddedStore::open(dir2.path()).unwrap());
+    let engine = auditlog::engine::Engine::start(
+        store.clone(),
+        signer(),
+        vec![cfg],
+        Limits::default(),
+        Arc::new(auditlog::engine::SystemClock),
+    )
+    .unwrap();
+    engine
+        .append_blocking("orders", vec![input("order:1", "a")])
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.segments("orders").unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no age seal");
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let seal = store.segments("orders").unwrap()[0].seal.clone().unwrap();
+    assert!(Seal::open(&seal, &[signer().verifier()]).unwrap().0.reason == SealReason::Age);
+    engine.shutdown();
+    drop(engine);
+    drop(store);
+    for d in [dir.path(), dir2.path()] {
+        let report = verify_data_dir(d, &[signer().verifier()]).unwrap();
+        assert!(report.is_valid(), "{:?}", report.findings);
+    }
+}
+
+#[test]
+fn restart_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = orders();
+    cfg.seal_max_entries = 4;
+    let f = open(dir.path(), vec![cfg.clone()], ManualClock::at(1));
+    for i in 0..6 {
+        f.engine
+            .append_blocking("orders", vec![input("order:1", &format!("{i}"))])
+            .unwrap();
+    }
+    let before = f.engine.checkpoint("orders").unwrap().unwrap();
+    f.close();
+    let f = open(dir.path(), vec![cfg.clone()], ManualClock::at(2));
+    assert_eq!(f.engine.checkpoint("orders").unwrap().unwrap(), before);
+    let out = f
+        .engine
+        .append_blocking("orders", vec![input("order:1", "after")])
+        .unwrap();
+    assert_eq!(out.receipts[0].seq, 6);
+    check_receipts(&out, "audit.example.com/orders");
+    let old = open_cp(&before.1, "audit.example.com/orders");
+    let new = open_cp(&out.checkpoint, "audit.example.com/orders");
+    let (proof, _, _) = f.engine.consistency("orders", old.size, new.size).unwrap();
+    verify_consistency::<Blake3>(old.size, new.size, &proof, &old.root, &new.root).unwrap();
+    // Origin is part of the log: opening it under another origin is refused.
+    f.close();
+    let store = Arc::new(auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+    let err = auditlog::engine::Engine::start(
+        store,
+        signer(),
+        vec![LogConfig::new("orders", "other.example/orders")],
+        Limits::default(),
+        ManualClock::at(3),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("origin"), "{err}");
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let _a = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+    let b = auditlog::store::embedded::EmbeddedStore::open(dir.path());
+    assert!(b.err().unwrap().to_string().contains("in use"));
+}
+
+/// Everything a query can answer, for comparing two stores.
+fn snapshot(f: &Fixture, log: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let (size, cp) = f.engine.checkpoint(log).unwrap().unwrap();
+    m.insert("checkpoint".into(), cp);
+    for seq in 0..size {
+        let e = f.store.entry(log, seq).unwrap().unwrap();
+        m.insert(format!("entry {seq}"), format!("{:?}", e));
+        let proof = f.engine.inclusion_proof(log, seq, size).unwrap();
+        m.insert(format!("proof {seq}"), format!("{proof:?}"));
+        if seq > 0 {
+            let (c, cps, _) = f.engine.consistency(log, seq, 0).unwrap();
+            m.insert(format!("consistency {seq}"), format!("{c:?}"));
+            m.insert(
+                format!("checkpoint at {seq}"),
+                format!(
+                    "{:?}",
+                    f.store.checkpoint_at(log, seq).unwrap().map(|_| cps)
+                ),
+            );
+        }
+    }
+    for s in 0..5 {
+        let subject = format!("order:{s}");
+        m.insert(
+            subject.clone(),
+            format!(
+                "{:?}",
+                f.store.seqs_by_subject(log, &subject, 0, 1000).unwrap()
+            ),
+        );
+        m.insert(
+            format!("from 3 {subject}"),
+            format!(
+                "{:?}",
+                f.store.seqs_by_subject(log, &subject, 3, 2).unwrap()
+            ),
+        );
+        let actor = format!("actor:{s}");
+        m.insert(
+            actor.clone(),
+            format!("{:?}", f.store.seqs_by_actor(log, &actor, 0, 1000).unwrap()),
+        );
+        let key = format!("key-{s}");
+        m.insert(
+            key.clone(),
+            format!("{:?}", f.store.seq_by_idempotency_key(log, &key).unwrap()),
+        );
+    }
+    for (a, b) in [(0, 5), (3, 9), (100, 200), (7, 7)] {
+        m.insert(
+            format!("time {a}..{b}"),
+            format!("{:?}", f.store.seq_range_by_time(log, a, b).unwrap()),
+        );
+    }
+    m.insert(
+        "segments".into(),
+        format!("{:?}", f.store.segments(log).unwrap()),
+    );
+    m
+}
+
+#[test]
+fn deleting_the_index_rebuilds_it_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = orders();
+    cfg.seal_max_entries = 7;
+    let f = open(dir.path(), vec![cfg.clone(), chats()], ManualClock::at(0));
+    for i in 0..30i64 {
+        f.clock.set(i / 3);
+        let mut e = input(&format!("order:{}", i % 5), &format!("payload {i}"));
+        e.actor = format!("actor:{}", i % 4);
+        if i % 2 == 0 {
+            e.idempotency_key = format!("key-{}", i / 2);
+        }
+        e.attributes.insert("i".into(), i.to_string());
+        f.engine.append_blocking("orders", vec![e]).unwrap();
+        f.engine
+            .append_blocking("chats", vec![input("conversation:1", "hi")])
+            .unwrap();
+    }
+    f.engine
+        .seal_blocking("orders", SealReason::Request)
+        .unwrap();
+    let before = snapshot(&f, "orders");
+    let before_chats = snapshot(&f, "chats");
+    f.close();
+
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let f = open(dir.path(), vec![cfg.clone(), chats()], ManualClock::at(100));
+    assert_eq!(snapshot(&f, "orders"), before);
+    assert_eq!(snapshot(&f, "chats"), before_chats);
+    // And the rebuilt log keeps working.
+    let mut retry = keyed("order:2", "payload 2", "key-1");
+    retry.actor = "actor:2".into();
+    retry.attributes.insert("i".into(), "2".into());
+    let out = f.engine.append_blocking("orders", vec![retry]).unwrap();
+    assert!(out.receipts[0].duplicate);
+    assert_eq!(out.receipts[0].seq, 2);
+}
+
+#[test]
+fn proofs_from_the_store_match_receipts_at_many_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(0));
+    let mut outs = Vec::new();
+    for i in 0..40 {
+        let n = (i % 4) + 1;
+        outs.push(
+            f.engine
+                .append_blocking(
+                    "orders",
+                    (0..n)
+                        .map(|j| input("order:1", &format!("{i}/{j}")))
+                        .collect(),
+                )
+                .unwrap(),
+        );
+    }
+    for o in &outs {
+        for r in &o.receipts {
+            let p = f
+                .engine
+                .inclusion_proof("orders", r.seq, o.tree_size)
+                .unwrap();
+            assert_eq!(p, r.inclusion_proof);
+            let (_, p2, cp) = f.engine.entry("orders", r.seq, o.tree_size).unwrap();
+            assert_eq!(p2, r.inclusion_proof);
+            assert_eq!(cp, o.checkpoint);
+            let bytes: Vec<Vec<u8>> = p.iter().map(|h| h.0.to_vec()).collect();
+            assert_eq!(proof_from_bytes(&bytes).unwrap(), p);
+        }
+    }
+    assert!(f.engine.entry("orders", 0, 3).is_err() || outs.iter().any(|o| o.tree_size == 3));
+}
