@@ -33,11 +33,41 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Test harness: appends to log "orders" from several threads forever,
+    /// printing "ACK <seq> <leaf hash hex>" once each entry is durable. The
+    /// crash tests kill it with SIGKILL and check every ACK survived.
+    #[command(hide = true)]
+    DebugAppendLoop {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Signer key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Appending threads.
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        /// Seal after this many entries (exercises sealing under crashes).
+        #[arg(long, default_value_t = 40)]
+        seal_max_entries: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::DebugAppendLoop {
+            data_dir,
+            key,
+            threads,
+            seal_max_entries,
+        } => match debug_append_loop(&data_dir, &key, threads, seal_max_entries) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("auditlog debug-append-loop: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Keygen { name, out } => {
             let result = keys::generate_signer(&name)
                 .and_then(|s| keys::write_key_pair(&out, &s).map(|p| (s, p)));
@@ -55,4 +85,65 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn debug_append_loop(
+    data_dir: &std::path::Path,
+    key: &std::path::Path,
+    threads: usize,
+    seal_max_entries: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use auditlog::engine::input::{EntryInput, Limits};
+    use auditlog::engine::{Engine, LogConfig, SystemClock};
+    use auditlog::store::embedded::EmbeddedStore;
+
+    let signer = Arc::new(keys::load_signer(key)?);
+    let store = Arc::new(EmbeddedStore::open(data_dir)?);
+    let mut cfg = LogConfig::new("orders", "audit.example.com/orders");
+    cfg.seal_max_entries = seal_max_entries;
+    cfg.seal_after = None;
+    let engine = Arc::new(Engine::start(
+        store,
+        signer,
+        vec![cfg],
+        Limits::default(),
+        Arc::new(SystemClock),
+    )?);
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let engine = engine.clone();
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for i in 0u64.. {
+                    let n = (i % 3 + 1) as usize;
+                    let entries = (0..n)
+                        .map(|j| EntryInput {
+                            subject: format!("order:{t}"),
+                            actor: format!("writer:{t}"),
+                            kind: "prompt".into(),
+                            content_type: "text/plain".into(),
+                            payload: format!("thread {t} request {i} entry {j}").into_bytes(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let Ok(o) = engine.append_blocking("orders", entries) else {
+                        return;
+                    };
+                    let mut w = out.lock().expect("stdout lock");
+                    for r in &o.receipts {
+                        let _ = writeln!(w, "ACK {} {}", r.seq, r.leaf_hash.to_hex());
+                    }
+                    let _ = w.flush();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
 }

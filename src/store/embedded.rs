@@ -506,6 +506,7 @@ impl Store for EmbeddedStore {
         }
         let dir = self.log_dir(&spec.name);
         let index = LogIndex::open(&self.db, &spec.name)?;
+        SegmentWriter::remove_temporaries(&dir).map_err(io(format!("clean {}", dir.display())))?;
         let mut segments = list_segments(&dir).map_err(io(format!("list {}", dir.display())))?;
 
         if segments.is_empty() {

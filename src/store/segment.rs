@@ -445,27 +445,58 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// Creates a new segment file holding only `header`, syncs it and its
-    /// directory.
+    /// Creates a new segment file holding only `header`, atomically: the
+    /// header is written and synced under a temporary name, then renamed into
+    /// place and the directory synced, so a crash leaves either no segment
+    /// file or a complete header.
     ///
     /// # Errors
     /// When the file exists or I/O fails.
     pub fn create(dir: &Path, header: &SegmentHeader) -> io::Result<SegmentWriter> {
         let path = dir.join(segment_file_name(header.segment));
+        if path.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", path.display()),
+            ));
+        }
+        let tmp = dir.join(format!("{}.tmp", segment_file_name(header.segment)));
         let file = OpenOptions::new()
             .write(true)
-            .create_new(true)
-            .open(&path)?;
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         let mut w = SegmentWriter {
-            path,
+            path: path.clone(),
             file: BufWriter::with_capacity(1 << 20, file),
             len: 0,
         };
         let mut buf = Vec::new();
         encode_other_record(&mut buf, RecordKind::Header, &encode_header(header));
         w.write_and_sync(&buf)?;
+        fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
         Ok(w)
+    }
+
+    /// Removes leftovers of segment creations a crash interrupted.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn remove_temporaries(dir: &Path) -> io::Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".seg.tmp"))
+            {
+                fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens an existing file for appending after cutting it to `len` bytes
