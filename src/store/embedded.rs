@@ -24,14 +24,17 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{CompactRange, NodeId, NodeReadError, NodeReader};
 use crate::core::note;
 use crate::core::seal::Seal;
 
-use super::index::{IndexedEntry, Location, LogIndex};
+use super::index::{DenseEntry, DenseIndex, KeyedEntry, Location, LogIndex};
 use super::segment::{
     self, encode_entry_record, encode_other_record, list_segments, read_record_at, BadBytes,
     PayloadState, Record, RecordKind, SegmentHeader, SegmentReader, SegmentWriter,
@@ -63,10 +66,91 @@ struct LogState {
     refused: Option<(String, String)>,
 }
 
+/// Keyed-index work handed to a log's indexer thread.
+struct IndexJob {
+    first_seq: u64,
+    entries: Vec<KeyedEntry>,
+    checkpoint: (u64, String),
+}
+
+/// How far the keyed index has caught up with the durable log.
+struct Progress {
+    keyed_size: u64,
+    failed: Option<String>,
+}
+
 struct LogFiles {
     dir: PathBuf,
-    index: LogIndex,
+    index: Arc<LogIndex>,
     state: Mutex<LogState>,
+    /// Idempotency keys appended but not yet in the keyed index.
+    pending_keys: Arc<Mutex<HashMap<String, u64>>>,
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+    indexer: Mutex<Option<mpsc::Sender<IndexJob>>>,
+    indexer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// How long the indexer waits between syncs of the dense files (and moves
+/// of `indexed_size`).
+const INDEX_SYNC_EVERY: Duration = Duration::from_millis(1000);
+
+/// How long a reader waits for the keyed index to catch up.
+const INDEX_WAIT: Duration = Duration::from_secs(30);
+
+fn run_indexer(
+    index: Arc<LogIndex>,
+    rx: mpsc::Receiver<IndexJob>,
+    pending_keys: Arc<Mutex<HashMap<String, u64>>>,
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+) {
+    let mut synced_at = Instant::now();
+    let mut recorded = None;
+    let fail = |e: StoreError| {
+        let (m, cv) = &*progress;
+        m.lock().expect("progress lock").failed = Some(e.to_string());
+        cv.notify_all();
+    };
+    loop {
+        let job = rx.recv_timeout(INDEX_SYNC_EVERY);
+        let closed = matches!(job, Err(RecvTimeoutError::Disconnected));
+        if let Ok(job) = job {
+            let end = job.first_seq + job.entries.len() as u64;
+            if let Err(e) = index.keyed.add(
+                job.first_seq,
+                &job.entries,
+                Some((job.checkpoint.0, job.checkpoint.1.as_str())),
+            ) {
+                fail(e);
+                return;
+            }
+            {
+                let mut keys = pending_keys.lock().expect("pending keys lock");
+                for e in &job.entries {
+                    if !e.idempotency_key.is_empty() {
+                        keys.remove(&e.idempotency_key);
+                    }
+                }
+            }
+            let (m, cv) = &*progress;
+            m.lock().expect("progress lock").keyed_size = end;
+            cv.notify_all();
+        }
+        if closed || synced_at.elapsed() >= INDEX_SYNC_EVERY {
+            let size = progress.0.lock().expect("progress lock").keyed_size;
+            if recorded != Some(size) {
+                // Dense files first, then the mark that trusts them.
+                if let Err(e) = index.dense.sync().and_then(|()| index.keyed.set_indexed_size(size)) {
+                    fail(e);
+                    return;
+                }
+                recorded = Some(size);
+            }
+            synced_at = Instant::now();
+        }
+        if closed {
+            return;
+        }
+    }
 }
 
 /// The embedded store. See the module documentation.
@@ -135,7 +219,7 @@ impl EmbeddedStore {
         let mut attempts = 0;
         let db = loop {
             match sled::Config::new()
-                .path(root.join("index"))
+                .path(root.join("index").join("sled"))
                 .flush_every_ms(Some(1000))
                 .open()
             {
@@ -160,6 +244,31 @@ impl EmbeddedStore {
     /// The data directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Directory of a log's dense index files.
+    fn dense_dir(&self, log: &str) -> PathBuf {
+        self.root.join("index").join("dense").join(log)
+    }
+
+    /// Waits until the keyed index covers every entry durable now.
+    fn wait_keyed(&self, files: &LogFiles) -> Result<(), StoreError> {
+        let target = files.state.lock().expect("log state lock").size;
+        let (m, cv) = &*files.progress;
+        let guard = m.lock().expect("progress lock");
+        let (guard, timeout) = cv
+            .wait_timeout_while(guard, INDEX_WAIT, |p| p.keyed_size < target && p.failed.is_none())
+            .expect("progress lock");
+        if let Some(f) = &guard.failed {
+            return Err(StoreError::Index(f.clone()));
+        }
+        if timeout.timed_out() {
+            return Err(StoreError::Index(format!(
+                "index is {} entries behind after {INDEX_WAIT:?}",
+                target - guard.keyed_size
+            )));
+        }
+        Ok(())
     }
 
     /// Directory of a log's segment files.
@@ -375,7 +484,7 @@ impl EmbeddedStore {
         from: u64,
         size: u64,
     ) -> Result<(), StoreError> {
-        let mut frontier = CompactRange::<Blake3>::from_reader(&IndexReader(index), from)
+        let mut frontier = CompactRange::<Blake3>::from_reader(&IndexReader(&index.dense), from)
             .map_err(|e| StoreError::Index(e.to_string()))?;
         let mut next = from;
         for (seg, path) in segments {
@@ -392,7 +501,7 @@ impl EmbeddedStore {
                 match rec {
                     Record::Header(h) => {
                         header_first = Some(h.first_seq);
-                        index.add_segment(*seg, h.first_seq)?;
+                        index.keyed.add_segment(*seg, h.first_seq)?;
                     }
                     Record::Entry(e) => {
                         let entry = e.entry().map_err(|_| {
@@ -430,33 +539,42 @@ impl EmbeddedStore {
                             for (_, _, leaf) in &pending {
                                 frontier.append(*leaf, |id, h| nodes.push((id, h)));
                             }
-                            let items: Vec<IndexedEntry<'_>> = pending
+                            let dense: Vec<DenseEntry> = pending
                                 .iter()
-                                .map(|(off, entry, leaf)| IndexedEntry {
-                                    entry,
-                                    leaf_hash: *leaf,
+                                .map(|(off, entry, leaf)| DenseEntry {
                                     location: Location {
                                         segment: *seg,
                                         offset: *off,
                                     },
+                                    leaf_hash: *leaf,
+                                    timestamp: entry.timestamp_unix_nanos,
                                 })
                                 .collect();
-                            index.add_entries(
+                            index.dense.add(next, &dense, &nodes)?;
+                            let keyed: Vec<KeyedEntry> = pending
+                                .iter()
+                                .map(|(_, e, _)| KeyedEntry {
+                                    subject: e.subject.clone(),
+                                    actor: e.actor.clone(),
+                                    idempotency_key: e.idempotency_key.clone(),
+                                })
+                                .collect();
+                            let end = next + pending.len() as u64;
+                            index.keyed.add(
                                 next,
-                                &items,
-                                &nodes,
-                                (!is_seal).then_some(cp.as_str()),
+                                &keyed,
+                                (!is_seal).then_some((end, cp.as_str())),
                             )?;
                             next += pending.len() as u64;
                             pending.clear();
                         } else if !is_seal {
                             if let Some(size) = checkpoint_size(&cp) {
-                                index.add_checkpoint(size, &cp)?;
+                                index.keyed.add(size, &[], Some((size, cp.as_str())))?;
                             }
                         }
                         if is_seal {
                             let first = header_first.unwrap_or(0);
-                            index.add_seal(*seg, first, &cp)?;
+                            index.keyed.add_seal(*seg, first, &cp)?;
                         }
                     }
                 }
@@ -469,6 +587,8 @@ impl EmbeddedStore {
                 reason: format!("segments hold entries up to {next}, expected {size}"),
             });
         }
+        index.dense.sync()?;
+        index.keyed.set_indexed_size(size)?;
         Ok(())
     }
 }
@@ -486,7 +606,7 @@ fn checkpoint_size(signed: &str) -> Option<u64> {
         .map(|c| c.size)
 }
 
-struct IndexReader<'a>(&'a LogIndex);
+struct IndexReader<'a>(&'a DenseIndex);
 
 impl NodeReader for IndexReader<'_> {
     fn node(&self, id: NodeId) -> Result<Hash, NodeReadError> {
@@ -505,14 +625,15 @@ impl Store for EmbeddedStore {
             });
         }
         let dir = self.log_dir(&spec.name);
-        let index = LogIndex::open(&self.db, &spec.name)?;
+        let mut index = LogIndex::open(&self.db, &self.dense_dir(&spec.name), &spec.name)?;
         SegmentWriter::remove_temporaries(&dir).map_err(io(format!("clean {}", dir.display())))?;
         let mut segments = list_segments(&dir).map_err(io(format!("list {}", dir.display())))?;
 
         if segments.is_empty() {
             fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
             segment::sync_dir(&self.root.join("logs")).map_err(io("sync logs dir"))?;
-            index.clear()?;
+            index.keyed.clear()?;
+            index.dense = DenseIndex::open(&self.dense_dir(&spec.name), 0)?;
             let header = SegmentHeader {
                 segment: 0,
                 first_seq: 0,
@@ -521,7 +642,7 @@ impl Store for EmbeddedStore {
             };
             let writer = SegmentWriter::create(&dir, &header)
                 .map_err(io(format!("create segment in {}", dir.display())))?;
-            index.add_segment(0, 0)?;
+            index.keyed.add_segment(0, 0)?;
             self.install(spec, dir, index, writer, 0, 0, 0);
             return Ok(LogHead {
                 size: 0,
@@ -562,12 +683,13 @@ impl Store for EmbeddedStore {
         let size = tail.header.first_seq + tail.leaves.len() as u64;
 
         // Index catch-up (or rebuild when it claims more than the files hold).
-        let mut indexed = index.indexed_size()?;
+        let mut indexed = index.keyed.indexed_size()?;
         if indexed > size {
-            index.clear()?;
+            index.keyed.clear()?;
+            index.dense = DenseIndex::open(&self.dense_dir(&spec.name), 0)?;
             indexed = 0;
         }
-        let known = index.segments()?;
+        let known = index.keyed.segments()?;
         let first_unsealed =
             (0..last_index).find(|n| !known.iter().any(|k| k.0 == *n && k.2.is_some()));
         if indexed < size || first_unsealed.is_some() {
@@ -584,7 +706,9 @@ impl Store for EmbeddedStore {
             let start = first_unsealed.map_or(containing, |u| u.min(containing)) as usize;
             self.catch_up(spec, &index, &segments[start..], indexed, size)?;
         }
-        index.add_segment(tail.header.segment, tail.header.first_seq)?;
+        index
+            .keyed
+            .add_segment(tail.header.segment, tail.header.first_seq)?;
 
         // A sealed last segment: open the next one.
         let (open, prev_seal) = match &tail.seal {
@@ -597,7 +721,7 @@ impl Store for EmbeddedStore {
                 };
                 writer = SegmentWriter::create(&dir, &header)
                     .map_err(io(format!("create segment in {}", dir.display())))?;
-                index.add_segment(header.segment, header.first_seq)?;
+                index.keyed.add_segment(header.segment, header.first_seq)?;
                 segments.push((header.segment, writer.path().to_owned()));
                 (
                     OpenSegment {
@@ -618,7 +742,7 @@ impl Store for EmbeddedStore {
                 let prev_seal = if last_index == 0 {
                     Hash::ZERO
                 } else {
-                    let seals = index.segments()?;
+                    let seals = index.keyed.segments()?;
                     let text = seals
                         .iter()
                         .find(|s| s.0 == last_index - 1)
@@ -645,12 +769,13 @@ impl Store for EmbeddedStore {
             }
         };
 
-        let frontier = CompactRange::<Blake3>::from_reader(&IndexReader(&index), size)
+        let frontier = CompactRange::<Blake3>::from_reader(&IndexReader(&index.dense), size)
             .map_err(|e| StoreError::Index(e.to_string()))?;
         let prev_leaf = if size == 0 {
             Hash::ZERO
         } else {
             index
+                .dense
                 .node(NodeId::leaf(size - 1))
                 .map_err(|e| StoreError::Index(e.to_string()))?
         };
@@ -660,13 +785,13 @@ impl Store for EmbeddedStore {
             None => {
                 // The open segment is empty: the previous entry's time, or
                 // the span start if later (spans never go back).
-                let prev = self.read_entry_with(&spec.name, &dir, &index, size - 1)?;
-                prev.map(|e| e.entry.timestamp_unix_nanos)
+                let prev = index.dense.get(size - 1)?;
+                prev.map(|e| e.timestamp)
                     .unwrap_or(open.span_from)
                     .max(open.span_from)
             }
         };
-        let latest_checkpoint = index.latest_checkpoint()?.map(|(_, t)| t);
+        let latest_checkpoint = index.keyed.latest_checkpoint()?.map(|(_, t)| t);
         self.install(spec, dir, index, writer, open.index, open.first_seq, size);
         Ok(LogHead {
             size,
@@ -743,31 +868,62 @@ impl Store for EmbeddedStore {
                 source: e,
             });
         }
-        let items: Vec<IndexedEntry<'_>> = batch
+        let dense: Vec<DenseEntry> = batch
             .entries
             .iter()
             .zip(&offsets)
-            .map(|(e, off)| IndexedEntry {
-                entry: &e.entry,
-                leaf_hash: e.leaf_hash,
+            .map(|(e, off)| DenseEntry {
                 location: Location {
                     segment: st.segment,
                     offset: *off,
                 },
+                leaf_hash: e.leaf_hash,
+                timestamp: e.entry.timestamp_unix_nanos,
             })
             .collect();
-        st.size += batch.entries.len() as u64;
-        if let Err(e) = files.index.add_entries(
-            batch.first_seq,
-            &items,
-            &batch.nodes,
-            Some(&batch.checkpoint),
-        ) {
+        // Dense records before the size moves: a reader that sees the new
+        // size finds them.
+        if let Err(e) = files.index.dense.add(batch.first_seq, &dense, &batch.nodes) {
             st.refused = Some((
                 "index".into(),
                 format!("index update failed: {e}; restart to rebuild"),
             ));
             return Err(e);
+        }
+        let n = batch.entries.len() as u64;
+        {
+            let mut keys = files.pending_keys.lock().expect("pending keys lock");
+            for e in &batch.entries {
+                if !e.entry.idempotency_key.is_empty() {
+                    keys.insert(e.entry.idempotency_key.clone(), e.entry.seq);
+                }
+            }
+        }
+        let job = IndexJob {
+            first_seq: batch.first_seq,
+            entries: batch
+                .entries
+                .iter()
+                .map(|e| KeyedEntry {
+                    subject: e.entry.subject.clone(),
+                    actor: e.entry.actor.clone(),
+                    idempotency_key: e.entry.idempotency_key.clone(),
+                })
+                .collect(),
+            checkpoint: (batch.first_seq + n, batch.checkpoint.clone()),
+        };
+        let sent = files
+            .indexer
+            .lock()
+            .expect("indexer lock")
+            .as_ref()
+            .is_some_and(|tx| tx.send(job).is_ok());
+        st.size += n;
+        if !sent {
+            st.refused = Some((
+                "index".into(),
+                "the indexer stopped; restart to rebuild".into(),
+            ));
         }
         Ok(())
     }
@@ -809,7 +965,10 @@ impl Store for EmbeddedStore {
                 source: e,
             });
         }
-        files.index.add_seal(seal.segment, seal.first_seq, signed)?;
+        files
+            .index
+            .keyed
+            .add_seal(seal.segment, seal.first_seq, signed)?;
         let header = SegmentHeader {
             segment: seal.segment + 1,
             first_seq: seal.end_seq,
@@ -833,7 +992,10 @@ impl Store for EmbeddedStore {
                 });
             }
         }
-        files.index.add_segment(header.segment, header.first_seq)?;
+        files
+            .index
+            .keyed
+            .add_segment(header.segment, header.first_seq)?;
         Ok(())
     }
 
@@ -855,7 +1017,11 @@ impl Store for EmbeddedStore {
     }
 
     fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError> {
-        self.log(log)?.index.seq_by_idempotency_key(key)
+        let files = self.log(log)?;
+        if let Some(seq) = files.pending_keys.lock().expect("pending keys lock").get(key) {
+            return Ok(Some(*seq));
+        }
+        files.index.keyed.seq_by_idempotency_key(key)
     }
 
     fn seqs_by_subject(
@@ -865,9 +1031,9 @@ impl Store for EmbeddedStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
-        self.log(log)?
-            .index
-            .seqs_by_subject(subject, from_seq, limit)
+        let files = self.log(log)?;
+        self.wait_keyed(&files)?;
+        files.index.keyed.seqs_by_subject(subject, from_seq, limit)
     }
 
     fn seqs_by_actor(
@@ -877,7 +1043,9 @@ impl Store for EmbeddedStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
-        self.log(log)?.index.seqs_by_actor(actor, from_seq, limit)
+        let files = self.log(log)?;
+        self.wait_keyed(&files)?;
+        files.index.keyed.seqs_by_actor(actor, from_seq, limit)
     }
 
     fn seq_range_by_time(
@@ -886,12 +1054,14 @@ impl Store for EmbeddedStore {
         since: i64,
         until: i64,
     ) -> Result<Range<u64>, StoreError> {
-        self.log(log)?.index.seq_range_by_time(since, until)
+        let files = self.log(log)?;
+        let size = files.state.lock().expect("log state lock").size;
+        files.index.seq_range_by_time(since, until, size)
     }
 
     fn node(&self, log: &str, id: NodeId) -> Result<Hash, NodeReadError> {
         match self.log(log) {
-            Ok(f) => f.index.node(id),
+            Ok(f) => f.index.dense.node(id),
             Err(e) => Err(NodeReadError {
                 id,
                 reason: e.to_string(),
@@ -900,7 +1070,9 @@ impl Store for EmbeddedStore {
     }
 
     fn checkpoint_at(&self, log: &str, size: u64) -> Result<Option<String>, StoreError> {
-        self.log(log)?.index.checkpoint_at(size)
+        let files = self.log(log)?;
+        self.wait_keyed(&files)?;
+        files.index.keyed.checkpoint_at(size)
     }
 
     fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError> {
@@ -908,6 +1080,7 @@ impl Store for EmbeddedStore {
         let size = files.state.lock().expect("log state lock").size;
         files
             .index
+            .keyed
             .segments()?
             .into_iter()
             .map(|(index, first_seq, seal)| {
@@ -944,6 +1117,24 @@ impl EmbeddedStore {
         segment_first_seq: u64,
         size: u64,
     ) {
+        let index = Arc::new(index);
+        let pending_keys = Arc::new(Mutex::new(HashMap::new()));
+        let progress = Arc::new((
+            Mutex::new(Progress {
+                keyed_size: size,
+                failed: None,
+            }),
+            Condvar::new(),
+        ));
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let (index, pending_keys, progress) =
+                (index.clone(), pending_keys.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name(format!("index-{}", spec.name))
+                .spawn(move || run_indexer(index, rx, pending_keys, progress))
+                .ok()
+        };
         let files = LogFiles {
             dir,
             index,
@@ -954,6 +1145,10 @@ impl EmbeddedStore {
                 size,
                 refused: None,
             }),
+            pending_keys,
+            progress,
+            indexer: Mutex::new(Some(tx)),
+            indexer_thread: Mutex::new(thread),
         };
         self.logs
             .write()
@@ -968,7 +1163,12 @@ impl EmbeddedStore {
         index: &LogIndex,
         seq: u64,
     ) -> Result<Option<StoredEntry>, StoreError> {
-        let Some((loc, leaf)) = index.location(seq)? else {
+        let Some(DenseEntry {
+            location: loc,
+            leaf_hash: leaf,
+            ..
+        }) = index.dense.get(seq)?
+        else {
             return Ok(None);
         };
         let path = dir.join(segment::segment_file_name(loc.segment));
@@ -1004,5 +1204,20 @@ impl EmbeddedStore {
             Ok(_) => Err(bad("index points at a record that is not an entry")),
             Err(b) => Err(Self::corrupt(log, &path, &b)),
         }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        let logs = std::mem::take(&mut *self.logs.write().expect("logs lock"));
+        for files in logs.values() {
+            files.indexer.lock().expect("indexer lock").take();
+        }
+        for files in logs.values() {
+            if let Some(t) = files.indexer_thread.lock().expect("indexer lock").take() {
+                let _ = t.join();
+            }
+        }
+        let _ = self.db.flush();
     }
 }

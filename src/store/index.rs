@@ -1,23 +1,35 @@
-//! Derived indexes of the embedded store, in sled.
+//! Derived indexes of the embedded store.
 //!
-//! Owns: per log, the maps seq → (segment, offset, leaf hash), perfect tree
-//! nodes, subject → seqs, actor → seqs, time → seq, idempotency key → seq,
-//! tree size → signed checkpoint, segment → (first seq, seal), and the
-//! high-water mark `indexed_size`.
+//! Two kinds, both rebuilt from segment files when lost:
+//!
+//! - **Dense** ([`DenseIndex`]): one fixed-size record per seq (segment,
+//!   offset, leaf hash, timestamp) and one file per tree level of perfect
+//!   node hashes. Flat files under `DATA/index/<log>/`, written in the append
+//!   path (a `write`, no sync): proofs and reads by seq see a batch as soon as
+//!   it is acknowledged. Timestamps never decrease within a log, so time
+//!   ranges are a binary search over the location records.
+//! - **Keyed** ([`KeyedIndex`]): sled trees for subject → seqs, actor → seqs,
+//!   idempotency key → seq, tree size → checkpoint, segment → (first seq,
+//!   seal). Applied by a background indexer thread, off the append path.
 //!
 //! Invariants:
-//! - Nothing here is the only copy of anything: every key is derived from
-//!   segment files, and deleting the whole index directory loses nothing
-//!   (the store rebuilds it on start).
-//! - Entries are indexed only after they are durable in a segment, and
-//!   `indexed_size` moves last, after the batch's other keys: a crash
-//!   in between re-indexes the same keys to the same values.
+//! - Nothing here is the only copy of anything; deleting `DATA/index`
+//!   loses nothing.
+//! - `indexed_size` (in sled) is written only after the dense files are
+//!   synced up to it and the keyed trees hold it: on start, everything below
+//!   it is trusted, everything above it is truncated and recomputed from
+//!   segments.
+//! - Nothing is indexed before it is durable in a segment file.
 
+use std::fs::{self, File, OpenOptions};
+use std::io;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use sled::{Db, Tree};
 
-use crate::core::entry::Entry;
 use crate::core::hash::Hash;
 use crate::core::merkle::{NodeId, NodeReadError};
 
@@ -32,14 +44,222 @@ pub struct Location {
     pub offset: u64,
 }
 
-/// The indexes of one log.
+/// Dense per-seq data of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseEntry {
+    /// Where the record is.
+    pub location: Location,
+    /// Its leaf hash.
+    pub leaf_hash: Hash,
+    /// Its timestamp.
+    pub timestamp: i64,
+}
+
+/// Bytes of one location record: segment, offset, leaf hash, timestamp.
+const LOC_LEN: u64 = 8 + 8 + 32 + 8;
+
+fn io_err(context: String) -> impl FnOnce(io::Error) -> StoreError {
+    move |source| StoreError::Io { context, source }
+}
+
+struct DenseFiles {
+    locs: File,
+    /// `levels[l - 1]` holds the perfect nodes of level `l`.
+    levels: Vec<File>,
+}
+
+/// Flat files of locations and tree nodes of one log.
+pub struct DenseIndex {
+    dir: PathBuf,
+    files: RwLock<DenseFiles>,
+}
+
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+impl DenseIndex {
+    /// Opens the files of a log, truncating them to `trusted` entries (what
+    /// was synced and recorded); anything beyond is recomputed by catch-up.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn open(dir: &Path, trusted: u64) -> Result<DenseIndex, StoreError> {
+        fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let locs_path = dir.join("locations");
+        let locs = open_rw(&locs_path).map_err(io_err(format!("open {}", locs_path.display())))?;
+        let want = trusted * LOC_LEN;
+        if locs.metadata().map_err(io_err("stat locations".into()))?.len() != want {
+            locs.set_len(want).map_err(io_err("truncate locations".into()))?;
+        }
+        let mut levels = Vec::new();
+        for level in 1..64u32 {
+            let path = dir.join(format!("nodes-{level:02}"));
+            let n = trusted >> level;
+            if n == 0 && !path.exists() {
+                break;
+            }
+            let f = open_rw(&path).map_err(io_err(format!("open {}", path.display())))?;
+            f.set_len(n * 32).map_err(io_err(format!("truncate {}", path.display())))?;
+            levels.push(f);
+        }
+        Ok(DenseIndex {
+            dir: dir.to_owned(),
+            files: RwLock::new(DenseFiles { locs, levels }),
+        })
+    }
+
+    /// Writes the records of entries `[first_seq, first_seq + n)` and the
+    /// nodes they completed.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn add(
+        &self,
+        first_seq: u64,
+        entries: &[DenseEntry],
+        nodes: &[(NodeId, Hash)],
+    ) -> Result<(), StoreError> {
+        let mut buf = Vec::with_capacity(entries.len() * LOC_LEN as usize);
+        for e in entries {
+            buf.extend_from_slice(&e.location.segment.to_be_bytes());
+            buf.extend_from_slice(&e.location.offset.to_be_bytes());
+            buf.extend_from_slice(&e.leaf_hash.0);
+            buf.extend_from_slice(&e.timestamp.to_be_bytes());
+        }
+        let mut files = self.files.write().expect("dense files lock");
+        files
+            .locs
+            .write_all_at(&buf, first_seq * LOC_LEN)
+            .map_err(io_err("write locations".into()))?;
+        // Nodes arrive bottom-up per leaf; group the runs of each level.
+        let mut by_level: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (id, h) in nodes {
+            if id.level == 0 {
+                continue;
+            }
+            let l = id.level as usize;
+            while files.levels.len() < l {
+                let level = files.levels.len() + 1;
+                let path = self.dir.join(format!("nodes-{level:02}"));
+                let f = open_rw(&path).map_err(io_err(format!("open {}", path.display())))?;
+                files.levels.push(f);
+            }
+            if by_level.len() < l {
+                by_level.resize_with(l, || (u64::MAX, Vec::new()));
+            }
+            let (start, bytes) = &mut by_level[l - 1];
+            if *start == u64::MAX {
+                *start = id.index;
+            }
+            debug_assert_eq!(*start + bytes.len() as u64 / 32, id.index);
+            bytes.extend_from_slice(&h.0);
+        }
+        for (l, (start, bytes)) in by_level.iter().enumerate() {
+            if !bytes.is_empty() {
+                files.levels[l]
+                    .write_all_at(bytes, start * 32)
+                    .map_err(io_err(format!("write nodes-{:02}", l + 1)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the files durable (before `indexed_size` may cover them).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let files = self.files.read().expect("dense files lock");
+        files.locs.sync_data().map_err(io_err("sync locations".into()))?;
+        for f in &files.levels {
+            f.sync_data().map_err(io_err("sync nodes".into()))?;
+        }
+        Ok(())
+    }
+
+    /// The dense record of `seq`, if written.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn get(&self, seq: u64) -> Result<Option<DenseEntry>, StoreError> {
+        let files = self.files.read().expect("dense files lock");
+        let mut b = [0u8; LOC_LEN as usize];
+        match files.locs.read_exact_at(&mut b, seq * LOC_LEN) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io_err("read locations".into())(e)),
+        }
+        let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&b[16..48]);
+        Ok(Some(DenseEntry {
+            location: Location {
+                segment: u(0),
+                offset: u(8),
+            },
+            leaf_hash: Hash(h),
+            timestamp: u(48) as i64,
+        }))
+    }
+
+    /// A perfect node (level 0 from the location records).
+    ///
+    /// # Errors
+    /// When the node is not written.
+    pub fn node(&self, id: NodeId) -> Result<Hash, NodeReadError> {
+        let err = |reason: String| NodeReadError { id, reason };
+        if id.level == 0 {
+            return match self.get(id.index) {
+                Ok(Some(d)) => Ok(d.leaf_hash),
+                Ok(None) => Err(err("leaf not indexed".into())),
+                Err(e) => Err(err(e.to_string())),
+            };
+        }
+        let files = self.files.read().expect("dense files lock");
+        let f = files
+            .levels
+            .get(id.level as usize - 1)
+            .ok_or_else(|| err("node not indexed".into()))?;
+        let mut h = [0u8; 32];
+        f.read_exact_at(&mut h, id.index * 32)
+            .map_err(|e| err(format!("node not indexed: {e}")))?;
+        Ok(Hash(h))
+    }
+
+    /// First seq below `size` with a timestamp at or after `ts` (timestamps
+    /// never decrease within a log), or `size`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn first_at_or_after(&self, ts: i64, size: u64) -> Result<u64, StoreError> {
+        let (mut lo, mut hi) = (0u64, size);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let t = self
+                .get(mid)?
+                .ok_or_else(|| StoreError::Index(format!("location {mid} missing")))?
+                .timestamp;
+            if t < ts {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+}
+
+/// The sled trees of one log.
 #[derive(Clone)]
-pub struct LogIndex {
-    loc: Tree,
-    nodes: Tree,
+pub struct KeyedIndex {
     subject: Tree,
     actor: Tree,
-    time: Tree,
     idem: Tree,
     checkpoints: Tree,
     segments: Tree,
@@ -58,11 +278,6 @@ fn u64_of(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Order-preserving key of a signed timestamp.
-fn time_key(ts: i64) -> [u8; 8] {
-    ((ts as u64) ^ (1 << 63)).to_be_bytes()
-}
-
 fn prefixed(s: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + s.len() + 8);
     k.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -70,29 +285,27 @@ fn prefixed(s: &str) -> Vec<u8> {
     k
 }
 
-/// One entry to index.
-pub struct IndexedEntry<'a> {
-    /// Its decoded fields.
-    pub entry: &'a Entry,
-    /// Its leaf hash.
-    pub leaf_hash: Hash,
-    /// Where it is.
-    pub location: Location,
+/// The keyed facts of one entry.
+#[derive(Debug, Clone)]
+pub struct KeyedEntry {
+    /// Subject.
+    pub subject: String,
+    /// Actor.
+    pub actor: String,
+    /// Idempotency key (empty for none).
+    pub idempotency_key: String,
 }
 
-impl LogIndex {
+impl KeyedIndex {
     /// Opens (creating) the trees of `log` in `db`.
     ///
     /// # Errors
     /// sled errors.
-    pub fn open(db: &Db, log: &str) -> Result<LogIndex, StoreError> {
+    pub fn open(db: &Db, log: &str) -> Result<KeyedIndex, StoreError> {
         let t = |name: &str| db.open_tree(format!("{log}\u{0}{name}"));
-        Ok(LogIndex {
-            loc: t("loc")?,
-            nodes: t("nodes")?,
+        Ok(KeyedIndex {
             subject: t("subject")?,
             actor: t("actor")?,
-            time: t("time")?,
             idem: t("idem")?,
             checkpoints: t("checkpoints")?,
             segments: t("segments")?,
@@ -100,16 +313,21 @@ impl LogIndex {
         })
     }
 
-    /// Entries indexed so far (every seq below it is in every index).
+    /// Entries indexed (dense synced and keyed) so far.
     ///
     /// # Errors
     /// sled errors.
     pub fn indexed_size(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(INDEXED_SIZE)?
-            .map(|v| u64_of(&v))
-            .unwrap_or(0))
+        Ok(self.meta.get(INDEXED_SIZE)?.map(|v| u64_of(&v)).unwrap_or(0))
+    }
+
+    /// Records `indexed_size` (after the dense files were synced).
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn set_indexed_size(&self, n: u64) -> Result<(), StoreError> {
+        self.meta.insert(INDEXED_SIZE, &be(n))?;
+        Ok(())
     }
 
     /// Removes every key of this log (before a rebuild).
@@ -118,11 +336,8 @@ impl LogIndex {
     /// sled errors.
     pub fn clear(&self) -> Result<(), StoreError> {
         for t in [
-            &self.loc,
-            &self.nodes,
             &self.subject,
             &self.actor,
-            &self.time,
             &self.idem,
             &self.checkpoints,
             &self.segments,
@@ -133,71 +348,42 @@ impl LogIndex {
         Ok(())
     }
 
-    /// Indexes entries `[first_seq, first_seq + entries.len())`, the tree
-    /// nodes they completed and, when given, the checkpoint that closes
-    /// them; then moves `indexed_size`.
+    /// Indexes the keyed facts of entries from `first_seq`, and the
+    /// checkpoint that closes them.
     ///
     /// # Errors
     /// sled errors.
-    pub fn add_entries(
+    pub fn add(
         &self,
         first_seq: u64,
-        entries: &[IndexedEntry<'_>],
-        nodes: &[(NodeId, Hash)],
-        checkpoint: Option<&str>,
+        entries: &[KeyedEntry],
+        checkpoint: Option<(u64, &str)>,
     ) -> Result<(), StoreError> {
-        let mut loc = sled::Batch::default();
         let mut subject = sled::Batch::default();
         let mut actor = sled::Batch::default();
-        let mut time = sled::Batch::default();
         let mut idem = sled::Batch::default();
-        for (i, ie) in entries.iter().enumerate() {
+        let mut any_key = false;
+        for (i, e) in entries.iter().enumerate() {
             let seq = first_seq + i as u64;
-            debug_assert_eq!(seq, ie.entry.seq);
-            let mut v = Vec::with_capacity(48);
-            v.extend_from_slice(&be(ie.location.segment));
-            v.extend_from_slice(&be(ie.location.offset));
-            v.extend_from_slice(&ie.leaf_hash.0);
-            loc.insert(&be(seq), v);
-            let mut k = prefixed(&ie.entry.subject);
+            let mut k = prefixed(&e.subject);
             k.extend_from_slice(&be(seq));
             subject.insert(k, &[]);
-            let mut k = prefixed(&ie.entry.actor);
+            let mut k = prefixed(&e.actor);
             k.extend_from_slice(&be(seq));
             actor.insert(k, &[]);
-            let mut k = time_key(ie.entry.timestamp_unix_nanos).to_vec();
-            k.extend_from_slice(&be(seq));
-            time.insert(k, &[]);
-            if !ie.entry.idempotency_key.is_empty() {
-                idem.insert(ie.entry.idempotency_key.as_bytes(), &be(seq));
+            if !e.idempotency_key.is_empty() {
+                idem.insert(e.idempotency_key.as_bytes(), &be(seq));
+                any_key = true;
             }
         }
-        let mut nb = sled::Batch::default();
-        for (id, h) in nodes {
-            if id.level > 0 {
-                nb.insert(&node_key(*id), &h.0);
-            }
-        }
-        self.loc.apply_batch(loc)?;
-        self.nodes.apply_batch(nb)?;
         self.subject.apply_batch(subject)?;
         self.actor.apply_batch(actor)?;
-        self.time.apply_batch(time)?;
-        self.idem.apply_batch(idem)?;
-        let end = first_seq + entries.len() as u64;
-        if let Some(cp) = checkpoint {
-            self.checkpoints.insert(be(end), cp.as_bytes())?;
+        if any_key {
+            self.idem.apply_batch(idem)?;
         }
-        self.meta.insert(INDEXED_SIZE, &be(end))?;
-        Ok(())
-    }
-
-    /// Records a checkpoint (one that does not close a batch being indexed).
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn add_checkpoint(&self, size: u64, signed: &str) -> Result<(), StoreError> {
-        self.checkpoints.insert(be(size), signed.as_bytes())?;
+        if let Some((size, cp)) = checkpoint {
+            self.checkpoints.insert(be(size), cp.as_bytes())?;
+        }
         Ok(())
     }
 
@@ -240,48 +426,6 @@ impl LogIndex {
         Ok(out)
     }
 
-    /// Location and leaf hash of `seq`.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn location(&self, seq: u64) -> Result<Option<(Location, Hash)>, StoreError> {
-        Ok(self.loc.get(be(seq))?.map(|v| {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(&v[16..48]);
-            (
-                Location {
-                    segment: u64_of(&v[0..8]),
-                    offset: u64_of(&v[8..16]),
-                },
-                Hash(h),
-            )
-        }))
-    }
-
-    /// A perfect node (level 0 from the location map).
-    ///
-    /// # Errors
-    /// When the node is not indexed.
-    pub fn node(&self, id: NodeId) -> Result<Hash, NodeReadError> {
-        let err = |reason: String| NodeReadError { id, reason };
-        if id.level == 0 {
-            return match self.location(id.index) {
-                Ok(Some((_, h))) => Ok(h),
-                Ok(None) => Err(err("leaf not indexed".into())),
-                Err(e) => Err(err(e.to_string())),
-            };
-        }
-        match self.nodes.get(node_key(id)) {
-            Ok(Some(v)) if v.len() == 32 => {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(&v);
-                Ok(Hash(h))
-            }
-            Ok(_) => Err(err("node not indexed".into())),
-            Err(e) => Err(err(e.to_string())),
-        }
-    }
-
     /// Seq appended with an idempotency key.
     ///
     /// # Errors
@@ -290,12 +434,7 @@ impl LogIndex {
         Ok(self.idem.get(key.as_bytes())?.map(|v| u64_of(&v)))
     }
 
-    fn seqs_by(
-        tree: &Tree,
-        value: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
+    fn seqs_by(tree: &Tree, value: &str, from_seq: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         let prefix = prefixed(value);
         let mut start = prefix.clone();
         start.extend_from_slice(&be(from_seq));
@@ -314,12 +453,7 @@ impl LogIndex {
     ///
     /// # Errors
     /// sled errors.
-    pub fn seqs_by_subject(
-        &self,
-        subject: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
+    pub fn seqs_by_subject(&self, subject: &str, from_seq: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         Self::seqs_by(&self.subject, subject, from_seq, limit)
     }
 
@@ -327,35 +461,8 @@ impl LogIndex {
     ///
     /// # Errors
     /// sled errors.
-    pub fn seqs_by_actor(
-        &self,
-        actor: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
+    pub fn seqs_by_actor(&self, actor: &str, from_seq: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         Self::seqs_by(&self.actor, actor, from_seq, limit)
-    }
-
-    /// First seq with a timestamp at or after `ts`, or `end` if none.
-    fn first_seq_at_or_after(&self, ts: i64, end: u64) -> Result<u64, StoreError> {
-        Ok(match self.time.range(time_key(ts).to_vec()..).next() {
-            Some(kv) => u64_of(&kv?.0[8..]),
-            None => end,
-        })
-    }
-
-    /// Seqs with timestamps in `[since, until)`.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn seq_range_by_time(&self, since: i64, until: i64) -> Result<Range<u64>, StoreError> {
-        let end = self.indexed_size()?;
-        if until <= since {
-            return Ok(0..0);
-        }
-        let a = self.first_seq_at_or_after(since, end)?;
-        let b = self.first_seq_at_or_after(until, end)?;
-        Ok(a..b.max(a))
     }
 
     /// The checkpoint stored for exactly `size`.
@@ -381,9 +488,36 @@ impl LogIndex {
     }
 }
 
-fn node_key(id: NodeId) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = id.level;
-    k[1..].copy_from_slice(&id.index.to_be_bytes());
-    k
+/// Both indexes of one log.
+pub struct LogIndex {
+    /// Flat files.
+    pub dense: DenseIndex,
+    /// sled trees.
+    pub keyed: KeyedIndex,
+}
+
+impl LogIndex {
+    /// Opens both for `log`: sled trees in `db`, flat files in `dir`.
+    ///
+    /// # Errors
+    /// I/O and sled errors.
+    pub fn open(db: &Db, dir: &Path, log: &str) -> Result<LogIndex, StoreError> {
+        let keyed = KeyedIndex::open(db, log)?;
+        let trusted = keyed.indexed_size()?;
+        let dense = DenseIndex::open(dir, trusted)?;
+        Ok(LogIndex { dense, keyed })
+    }
+
+    /// Seqs with timestamps in `[since, until)` among the first `size`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn seq_range_by_time(&self, since: i64, until: i64, size: u64) -> Result<Range<u64>, StoreError> {
+        if until <= since {
+            return Ok(0..0);
+        }
+        let a = self.dense.first_at_or_after(since, size)?;
+        let b = self.dense.first_at_or_after(until, size)?;
+        Ok(a..b.max(a))
+    }
 }

@@ -1,0 +1,176 @@
+//! Durable append throughput of the engine over the embedded store, next to
+//! two raw baselines measured in the same run on the same disk:
+//!
+//! - raw file: the same bytes appended to one file, `fdatasync` per batch;
+//! - raw sled: `batch` inserts of the same size applied, then `flush`.
+//!
+//! Run: `cargo bench --bench store` (`AUDITLOG_BENCH_SECS` sets seconds per
+//! case, default 3). Figures are printed as entries/s and as ratios to the
+//! baselines, because these machines are shared and noisy: only ratios
+//! measured in one run are comparable.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditlog::core::note::SignerKey;
+use auditlog::engine::input::{EntryInput, Limits};
+use auditlog::engine::{Engine, LogConfig, SystemClock};
+use auditlog::store::embedded::EmbeddedStore;
+
+const PAYLOAD: usize = 1024;
+/// Bytes of one framed entry record with a 1 KiB payload (measured once).
+const RECORD: usize = 1024 + 300;
+
+fn secs() -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("AUDITLOG_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    )
+}
+
+fn raw_file(batch: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+    let buf = vec![0x5au8; RECORD * batch];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < secs() {
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+        n += batch as u64;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn raw_sled(batch: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let value = vec![0x5au8; PAYLOAD];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < secs() {
+        let mut b = sled::Batch::default();
+        for _ in 0..batch {
+            b.insert(&n.to_be_bytes(), value.as_slice());
+            n += 1;
+        }
+        db.apply_batch(b).unwrap();
+        db.flush().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+struct EngineRun {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn engine(batch: usize, appenders: usize) -> EngineRun {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let signer = Arc::new(SignerKey::from_seed("bench", &[1; 32]).unwrap());
+    let mut cfg = LogConfig::new("bench", "bench.example/log");
+    cfg.seal_after = None;
+    let engine = Arc::new(
+        Engine::start(store, signer, vec![cfg], Limits::default(), Arc::new(SystemClock)).unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..appenders)
+        .map(|t| {
+            let (engine, stop, count, latencies) =
+                (engine.clone(), stop.clone(), count.clone(), latencies.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let payload = vec![t as u8; PAYLOAD];
+                while !stop.load(Ordering::Relaxed) {
+                    let entries = (0..batch)
+                        .map(|_| EntryInput {
+                            subject: format!("order:{t}"),
+                            actor: "buyer:1".into(),
+                            kind: "prompt".into(),
+                            content_type: "text/plain".into(),
+                            payload: payload.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let t0 = Instant::now();
+                    engine.append_blocking("bench", entries).unwrap();
+                    lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                    count.fetch_add(batch as u64, Ordering::Relaxed);
+                }
+                latencies.lock().unwrap().extend(lat);
+            })
+        })
+        .collect();
+    std::thread::sleep(secs());
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    engine.shutdown();
+    EngineRun {
+        rate,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful: run a short smoke pass then.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("durable appends, 1 KiB payloads, {:?} per case\n", secs());
+    println!(
+        "{:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "case", "entries/s", "raw file/s", "raw sled/s", "vs file", "p50 us", "p99 us"
+    );
+    let mut single = 0.0;
+    for (batch, appenders) in bench_cases() {
+        let file = raw_file(batch);
+        let sled = raw_sled(batch);
+        let e = engine(batch, appenders);
+        if (batch, appenders) == (1, 1) {
+            single = e.rate;
+        }
+        println!(
+            "{:<28} {:>12.0} {:>12.0} {:>12.0} {:>9.0}% {:>10.0} {:>10.0}",
+            format!("batch {batch} x {appenders} appenders"),
+            e.rate,
+            file,
+            sled,
+            100.0 * e.rate / file,
+            e.p50_us,
+            e.p99_us
+        );
+        if (batch, appenders) == (1, 64) {
+            println!(
+                "{:<28} {:>12.1}x one appender (group commit)",
+                "", e.rate / single
+            );
+        }
+    }
+}
+
+fn bench_cases() -> Vec<(usize, usize)> {
+    match std::env::var("AUDITLOG_BENCH_CASE") {
+        Ok(c) => {
+            let (b, a) = c.split_once('x').expect("CASE is BATCHxAPPENDERS");
+            vec![(b.parse().unwrap(), a.parse().unwrap())]
+        }
+        Err(_) => vec![(1, 1), (16, 1), (256, 1), (1, 64), (16, 16)],
+    }
+}
