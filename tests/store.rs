@@ -552,3 +552,37 @@ fn proofs_from_the_store_match_receipts_at_many_sizes() {
     }
     assert!(f.engine.entry("orders", 0, 3).is_err() || outs.iter().any(|o| o.tree_size == 3));
 }
+
+#[test]
+fn damaged_dense_index_files_are_repaired_from_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(0));
+    for i in 0..37 {
+        f.engine
+            .append_blocking(
+                "orders",
+                vec![keyed(&format!("order:{}", i % 5), "p", &format!("key-{i}"))],
+            )
+            .unwrap();
+    }
+    let before = snapshot(&f, "orders");
+    f.close();
+    let dense = dir.path().join("index/dense/orders");
+    // Garbage after what was recorded (a power loss after unsynced writes)...
+    let mut locs = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dense.join("locations"))
+        .unwrap();
+    std::io::Write::write_all(&mut locs, &[0xab; 500]).unwrap();
+    // ...and a node file shorter than recorded (lost data).
+    let n2 = dense.join("nodes-02");
+    let len = std::fs::metadata(&n2).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&n2)
+        .unwrap()
+        .set_len(len - 64)
+        .unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(0));
+    assert_eq!(snapshot(&f, "orders"), before);
+}

@@ -308,6 +308,42 @@ fn range_hash<H: TreeHasher>(
     Ok(fold_right::<H>(&nodes))
 }
 
+/// Computes `MTH(D[lo:hi])` ranges for proofs, remembering the non-perfect
+/// (right-edge) ones: every proof at one tree size shares the same few right
+/// edges, so proving many leaves at one size hashes each edge once.
+struct Ranges<'a, R, H> {
+    reader: &'a R,
+    memo: Vec<(u64, u64, Hash)>,
+    _hasher: PhantomData<H>,
+}
+
+impl<'a, R: NodeReader, H: TreeHasher> Ranges<'a, R, H> {
+    fn new(reader: &'a R) -> Self {
+        Ranges {
+            reader,
+            memo: Vec::new(),
+            _hasher: PhantomData,
+        }
+    }
+
+    fn hash(&mut self, lo: u64, hi: u64) -> Result<Hash, NodeReadError> {
+        let n = hi - lo;
+        if n.is_power_of_two() {
+            // Aligned (see range_hash): one perfect node.
+            return self.reader.node(NodeId {
+                level: n.trailing_zeros() as u8,
+                index: lo >> n.trailing_zeros(),
+            });
+        }
+        if let Some((_, _, h)) = self.memo.iter().find(|(a, b, _)| *a == lo && *b == hi) {
+            return Ok(*h);
+        }
+        let h = range_hash::<H>(self.reader, lo, hi)?;
+        self.memo.push((lo, hi, h));
+        Ok(h)
+    }
+}
+
 /// Largest power of two strictly below `n` (`n >= 2`).
 fn split_point(n: u64) -> u64 {
     debug_assert!(n >= 2);
@@ -335,13 +371,38 @@ pub fn inclusion_proof<H: TreeHasher>(
     if index >= size {
         return Err(TreeError::IndexOutOfRange { index, size });
     }
+    let mut ranges = Ranges::<_, H>::new(reader);
     let mut proof = Vec::with_capacity(64);
-    inclusion_path::<H>(reader, index, 0, size, &mut proof)?;
+    inclusion_path(&mut ranges, index, 0, size, &mut proof)?;
     Ok(proof)
 }
 
-fn inclusion_path<H: TreeHasher>(
+/// Inclusion proofs of several leaves in the tree of `size` leaves; the
+/// right-edge hashes they share are computed once.
+///
+/// # Errors
+/// When an index is not below `size` or a node cannot be read.
+pub fn inclusion_proofs<H: TreeHasher>(
     reader: &impl NodeReader,
+    indices: impl IntoIterator<Item = u64>,
+    size: u64,
+) -> Result<Vec<Vec<Hash>>, TreeError> {
+    let mut ranges = Ranges::<_, H>::new(reader);
+    indices
+        .into_iter()
+        .map(|index| {
+            if index >= size {
+                return Err(TreeError::IndexOutOfRange { index, size });
+            }
+            let mut proof = Vec::with_capacity(64);
+            inclusion_path(&mut ranges, index, 0, size, &mut proof)?;
+            Ok(proof)
+        })
+        .collect()
+}
+
+fn inclusion_path<R: NodeReader, H: TreeHasher>(
+    ranges: &mut Ranges<'_, R, H>,
     m: u64,
     lo: u64,
     hi: u64,
@@ -352,11 +413,11 @@ fn inclusion_path<H: TreeHasher>(
     }
     let k = split_point(hi - lo);
     if m < lo + k {
-        inclusion_path::<H>(reader, m, lo, lo + k, out)?;
-        out.push(range_hash::<H>(reader, lo + k, hi)?);
+        inclusion_path(ranges, m, lo, lo + k, out)?;
+        out.push(ranges.hash(lo + k, hi)?);
     } else {
-        inclusion_path::<H>(reader, m, lo + k, hi, out)?;
-        out.push(range_hash::<H>(reader, lo, lo + k)?);
+        inclusion_path(ranges, m, lo + k, hi, out)?;
+        out.push(ranges.hash(lo, lo + k)?);
     }
     Ok(())
 }
@@ -766,6 +827,24 @@ mod tests {
                 verify_consistency::<Sha256>(size1, size, &proof, &root1, &root).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn batched_proofs_equal_single_proofs() {
+        let mut tree = MemoryTree::<Blake3>::new();
+        for l in leaves::<Blake3>(77) {
+            tree.push(l);
+        }
+        for size in [1u64, 2, 5, 64, 77] {
+            let batch = inclusion_proofs::<Blake3>(&tree, 0..size, size).unwrap();
+            for (i, p) in batch.iter().enumerate() {
+                assert_eq!(
+                    p,
+                    &inclusion_proof::<Blake3>(&tree, i as u64, size).unwrap()
+                );
+            }
+        }
+        assert!(inclusion_proofs::<Blake3>(&tree, [3, 80], 77).is_err());
     }
 
     #[test]

@@ -285,15 +285,14 @@ impl Engine {
         if !self.logs.contains_key(log) {
             return Err(AppendError::UnknownLog(log.to_owned()));
         }
-        let mut rng_err = None;
+        // One system call for every salt of the request.
+        let mut pool = vec![0u8; 32 * entries.len()];
+        crate::keys::fill_random(&mut pool).map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let mut salts = pool.chunks_exact(32);
         let prepared = prepare(&self.limits, entries, |salt| {
-            if let Err(e) = crate::keys::fill_random(salt) {
-                rng_err = Some(e.to_string());
-            }
+            // Invariant: prepare draws exactly one salt per entry.
+            salt.copy_from_slice(salts.next().expect("one salt per entry"));
         })?;
-        if let Some(e) = rng_err {
-            return Err(AppendError::Unavailable(e));
-        }
         let (reply, rx) = oneshot::channel();
         self.send(
             log,
@@ -725,7 +724,7 @@ impl Worker {
                 self.sequencer.size(),
                 0,
                 Vec::new(),
-                HashMap::new(),
+                sequencer::NodeMap::default(),
                 self.sequencer.size(),
                 cp,
             )
@@ -777,8 +776,30 @@ impl Worker {
                 log: &log,
             },
         };
+        // Every receipt is proven at `size`: build all proofs in one pass so
+        // the right edge of the tree is hashed once per batch.
+        let slot_seq = |slot: &Slot| match *slot {
+            Slot::New(j) | Slot::DuplicateInBatch(j) => first_seq + j as u64,
+            Slot::Duplicate { seq, .. } => seq,
+        };
+        let all: Vec<u64> = pending
+            .iter()
+            .flat_map(|p| p.slots.iter().map(slot_seq))
+            .collect();
+        let proofs = merkle::inclusion_proofs::<Blake3>(&reader, all, size);
+        let mut proofs = match proofs {
+            Ok(p) => p.into_iter(),
+            Err(e) => {
+                for p in pending {
+                    let _ = p.reply.send(Err(AppendError::Unavailable(format!(
+                        "building proofs: {e}"
+                    ))));
+                }
+                return;
+            }
+        };
         for p in pending {
-            let receipts: Result<Vec<Receipt>, TreeError> = p
+            let receipts = p
                 .slots
                 .iter()
                 .map(|slot| {
@@ -787,24 +808,21 @@ impl Worker {
                         Slot::DuplicateInBatch(j) => (first_seq + j as u64, leaves[j], ts, true),
                         Slot::Duplicate { seq, leaf, ts } => (seq, leaf, ts, true),
                     };
-                    Ok(Receipt {
+                    Receipt {
                         seq,
                         leaf_hash: leaf,
                         timestamp_unix_nanos: ts,
                         duplicate,
-                        inclusion_proof: merkle::inclusion_proof::<Blake3>(&reader, seq, size)?,
-                    })
+                        // Invariant: one proof per slot, in the same order.
+                        inclusion_proof: proofs.next().expect("one proof per slot"),
+                    }
                 })
                 .collect();
-            let _ = p.reply.send(
-                receipts
-                    .map(|receipts| AppendOutcome {
-                        receipts,
-                        checkpoint: checkpoint.clone(),
-                        tree_size: size,
-                    })
-                    .map_err(|e| AppendError::Unavailable(format!("building proofs: {e}"))),
-            );
+            let _ = p.reply.send(Ok(AppendOutcome {
+                receipts,
+                checkpoint: checkpoint.clone(),
+                tree_size: size,
+            }));
         }
         if self.sequencer.segment_len() >= self.config.seal_max_entries {
             self.seal(SealReason::Size).ok();

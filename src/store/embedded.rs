@@ -34,7 +34,7 @@ use crate::core::merkle::{CompactRange, NodeId, NodeReadError, NodeReader};
 use crate::core::note;
 use crate::core::seal::Seal;
 
-use super::index::{DenseEntry, DenseIndex, KeyedEntry, Location, LogIndex};
+use super::index::{DenseEntry, DenseIndex, KeyedEntry, KeyedGroup, Location, LogIndex};
 use super::segment::{
     self, encode_entry_record, encode_other_record, list_segments, read_record_at, BadBytes,
     PayloadState, Record, RecordKind, SegmentHeader, SegmentReader, SegmentWriter,
@@ -111,26 +111,40 @@ fn run_indexer(
         cv.notify_all();
     };
     loop {
-        let job = rx.recv_timeout(INDEX_SYNC_EVERY);
-        let closed = matches!(job, Err(RecvTimeoutError::Disconnected));
-        if let Ok(job) = job {
-            let end = job.first_seq + job.entries.len() as u64;
-            if let Err(e) = index.keyed.add(
-                job.first_seq,
-                &job.entries,
-                Some((job.checkpoint.0, job.checkpoint.1.as_str())),
-            ) {
+        let first = rx.recv_timeout(INDEX_SYNC_EVERY);
+        let closed = matches!(first, Err(RecvTimeoutError::Disconnected));
+        if let Ok(first) = first {
+            // Everything queued goes into one sled batch.
+            let mut jobs = vec![first];
+            while let Ok(j) = rx.try_recv() {
+                jobs.push(j);
+            }
+            let groups: Vec<KeyedGroup<'_>> = jobs
+                .iter()
+                .map(|j| {
+                    (
+                        j.first_seq,
+                        j.entries.as_slice(),
+                        Some((j.checkpoint.0, j.checkpoint.1.as_str())),
+                    )
+                })
+                .collect();
+            if let Err(e) = index.keyed.add_many(&groups) {
                 fail(e);
                 return;
             }
             {
                 let mut keys = pending_keys.lock().expect("pending keys lock");
-                for e in &job.entries {
+                for e in jobs.iter().flat_map(|j| &j.entries) {
                     if !e.idempotency_key.is_empty() {
                         keys.remove(&e.idempotency_key);
                     }
                 }
             }
+            let end = jobs
+                .last()
+                .map(|j| j.first_seq + j.entries.len() as u64)
+                .unwrap_or(0);
             let (m, cv) = &*progress;
             m.lock().expect("progress lock").keyed_size = end;
             cv.notify_all();
@@ -139,7 +153,11 @@ fn run_indexer(
             let size = progress.0.lock().expect("progress lock").keyed_size;
             if recorded != Some(size) {
                 // Dense files first, then the mark that trusts them.
-                if let Err(e) = index.dense.sync().and_then(|()| index.keyed.set_indexed_size(size)) {
+                if let Err(e) = index
+                    .dense
+                    .sync()
+                    .and_then(|()| index.keyed.set_indexed_size(size))
+                {
                     fail(e);
                     return;
                 }
@@ -257,7 +275,9 @@ impl EmbeddedStore {
         let (m, cv) = &*files.progress;
         let guard = m.lock().expect("progress lock");
         let (guard, timeout) = cv
-            .wait_timeout_while(guard, INDEX_WAIT, |p| p.keyed_size < target && p.failed.is_none())
+            .wait_timeout_while(guard, INDEX_WAIT, |p| {
+                p.keyed_size < target && p.failed.is_none()
+            })
             .expect("progress lock");
         if let Some(f) = &guard.failed {
             return Err(StoreError::Index(f.clone()));
@@ -633,7 +653,7 @@ impl Store for EmbeddedStore {
             fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
             segment::sync_dir(&self.root.join("logs")).map_err(io("sync logs dir"))?;
             index.keyed.clear()?;
-            index.dense = DenseIndex::open(&self.dense_dir(&spec.name), 0)?;
+            index.dense = DenseIndex::open(&self.dense_dir(&spec.name), 0)?.0;
             let header = SegmentHeader {
                 segment: 0,
                 first_seq: 0,
@@ -686,7 +706,7 @@ impl Store for EmbeddedStore {
         let mut indexed = index.keyed.indexed_size()?;
         if indexed > size {
             index.keyed.clear()?;
-            index.dense = DenseIndex::open(&self.dense_dir(&spec.name), 0)?;
+            index.dense = DenseIndex::open(&self.dense_dir(&spec.name), 0)?.0;
             indexed = 0;
         }
         let known = index.keyed.segments()?;
@@ -1018,7 +1038,12 @@ impl Store for EmbeddedStore {
 
     fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError> {
         let files = self.log(log)?;
-        if let Some(seq) = files.pending_keys.lock().expect("pending keys lock").get(key) {
+        if let Some(seq) = files
+            .pending_keys
+            .lock()
+            .expect("pending keys lock")
+            .get(key)
+        {
             return Ok(Some(*seq));
         }
         files.index.keyed.seq_by_idempotency_key(key)

@@ -84,34 +84,49 @@ fn open_rw(path: &Path) -> io::Result<File> {
 }
 
 impl DenseIndex {
-    /// Opens the files of a log, truncating them to `trusted` entries (what
-    /// was synced and recorded); anything beyond is recomputed by catch-up.
+    /// Opens the files of a log and cuts them to the entries they can be
+    /// trusted for: at most `trusted` (what was synced and recorded), less if
+    /// a file is shorter than that. Returns the index and that count;
+    /// everything beyond is recomputed from segments by catch-up.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn open(dir: &Path, trusted: u64) -> Result<DenseIndex, StoreError> {
+    pub fn open(dir: &Path, trusted: u64) -> Result<(DenseIndex, u64), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let len = |f: &File, what: &str| {
+            f.metadata()
+                .map(|m| m.len())
+                .map_err(io_err(format!("stat {what}")))
+        };
         let locs_path = dir.join("locations");
         let locs = open_rw(&locs_path).map_err(io_err(format!("open {}", locs_path.display())))?;
-        let want = trusted * LOC_LEN;
-        if locs.metadata().map_err(io_err("stat locations".into()))?.len() != want {
-            locs.set_len(want).map_err(io_err("truncate locations".into()))?;
-        }
+        let mut trusted = trusted.min(len(&locs, "locations")? / LOC_LEN);
         let mut levels = Vec::new();
         for level in 1..64u32 {
             let path = dir.join(format!("nodes-{level:02}"));
-            let n = trusted >> level;
-            if n == 0 && !path.exists() {
+            if (trusted >> level) == 0 && !path.exists() {
                 break;
             }
             let f = open_rw(&path).map_err(io_err(format!("open {}", path.display())))?;
-            f.set_len(n * 32).map_err(io_err(format!("truncate {}", path.display())))?;
+            // A level file too short for `trusted` lowers it: with n hashes
+            // it covers every size t with t >> level <= n.
+            let n = len(&f, "nodes")? / 32;
+            trusted = trusted.min(((n + 1) << level) - 1);
             levels.push(f);
         }
-        Ok(DenseIndex {
-            dir: dir.to_owned(),
-            files: RwLock::new(DenseFiles { locs, levels }),
-        })
+        locs.set_len(trusted * LOC_LEN)
+            .map_err(io_err("truncate locations".into()))?;
+        for (i, f) in levels.iter().enumerate() {
+            f.set_len((trusted >> (i + 1)) * 32)
+                .map_err(io_err(format!("truncate nodes-{:02}", i + 1)))?;
+        }
+        Ok((
+            DenseIndex {
+                dir: dir.to_owned(),
+                files: RwLock::new(DenseFiles { locs, levels }),
+            },
+            trusted,
+        ))
     }
 
     /// Writes the records of entries `[first_seq, first_seq + n)` and the
@@ -176,7 +191,10 @@ impl DenseIndex {
     /// I/O errors.
     pub fn sync(&self) -> Result<(), StoreError> {
         let files = self.files.read().expect("dense files lock");
-        files.locs.sync_data().map_err(io_err("sync locations".into()))?;
+        files
+            .locs
+            .sync_data()
+            .map_err(io_err("sync locations".into()))?;
         for f in &files.levels {
             f.sync_data().map_err(io_err("sync nodes".into()))?;
         }
@@ -258,9 +276,9 @@ impl DenseIndex {
 /// The sled trees of one log.
 #[derive(Clone)]
 pub struct KeyedIndex {
-    subject: Tree,
-    actor: Tree,
-    idem: Tree,
+    /// Subject (`s`), actor (`a`) and idempotency key (`i`) postings in one
+    /// tree, so one batch indexes a whole group commit.
+    keys: Tree,
     checkpoints: Tree,
     segments: Tree,
     meta: Tree,
@@ -278,8 +296,9 @@ fn u64_of(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-fn prefixed(s: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + s.len() + 8);
+fn prefixed(tag: u8, s: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + s.len() + 8);
+    k.push(tag);
     k.extend_from_slice(&(s.len() as u16).to_be_bytes());
     k.extend_from_slice(s.as_bytes());
     k
@@ -304,9 +323,7 @@ impl KeyedIndex {
     pub fn open(db: &Db, log: &str) -> Result<KeyedIndex, StoreError> {
         let t = |name: &str| db.open_tree(format!("{log}\u{0}{name}"));
         Ok(KeyedIndex {
-            subject: t("subject")?,
-            actor: t("actor")?,
-            idem: t("idem")?,
+            keys: t("keys")?,
             checkpoints: t("checkpoints")?,
             segments: t("segments")?,
             meta: t("meta")?,
@@ -318,7 +335,11 @@ impl KeyedIndex {
     /// # Errors
     /// sled errors.
     pub fn indexed_size(&self) -> Result<u64, StoreError> {
-        Ok(self.meta.get(INDEXED_SIZE)?.map(|v| u64_of(&v)).unwrap_or(0))
+        Ok(self
+            .meta
+            .get(INDEXED_SIZE)?
+            .map(|v| u64_of(&v))
+            .unwrap_or(0))
     }
 
     /// Records `indexed_size` (after the dense files were synced).
@@ -335,14 +356,7 @@ impl KeyedIndex {
     /// # Errors
     /// sled errors.
     pub fn clear(&self) -> Result<(), StoreError> {
-        for t in [
-            &self.subject,
-            &self.actor,
-            &self.idem,
-            &self.checkpoints,
-            &self.segments,
-            &self.meta,
-        ] {
+        for t in [&self.keys, &self.checkpoints, &self.segments, &self.meta] {
             t.clear()?;
         }
         Ok(())
@@ -359,31 +373,36 @@ impl KeyedIndex {
         entries: &[KeyedEntry],
         checkpoint: Option<(u64, &str)>,
     ) -> Result<(), StoreError> {
-        let mut subject = sled::Batch::default();
-        let mut actor = sled::Batch::default();
-        let mut idem = sled::Batch::default();
-        let mut any_key = false;
-        for (i, e) in entries.iter().enumerate() {
-            let seq = first_seq + i as u64;
-            let mut k = prefixed(&e.subject);
-            k.extend_from_slice(&be(seq));
-            subject.insert(k, &[]);
-            let mut k = prefixed(&e.actor);
-            k.extend_from_slice(&be(seq));
-            actor.insert(k, &[]);
-            if !e.idempotency_key.is_empty() {
-                idem.insert(e.idempotency_key.as_bytes(), &be(seq));
-                any_key = true;
+        self.add_many(&[(first_seq, entries, checkpoint)])
+    }
+
+    /// Indexes several groups of entries (each with the checkpoint that
+    /// closes it) in one sled batch per tree.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn add_many(&self, groups: &[KeyedGroup<'_>]) -> Result<(), StoreError> {
+        let mut keys = sled::Batch::default();
+        let mut checkpoints = sled::Batch::default();
+        for (first_seq, entries, checkpoint) in groups {
+            for (i, e) in entries.iter().enumerate() {
+                let seq = first_seq + i as u64;
+                let mut k = prefixed(b's', &e.subject);
+                k.extend_from_slice(&be(seq));
+                keys.insert(k, &[]);
+                let mut k = prefixed(b'a', &e.actor);
+                k.extend_from_slice(&be(seq));
+                keys.insert(k, &[]);
+                if !e.idempotency_key.is_empty() {
+                    keys.insert(prefixed(b'i', &e.idempotency_key), &be(seq));
+                }
+            }
+            if let Some((size, cp)) = checkpoint {
+                checkpoints.insert(&be(*size), cp.as_bytes());
             }
         }
-        self.subject.apply_batch(subject)?;
-        self.actor.apply_batch(actor)?;
-        if any_key {
-            self.idem.apply_batch(idem)?;
-        }
-        if let Some((size, cp)) = checkpoint {
-            self.checkpoints.insert(be(size), cp.as_bytes())?;
-        }
+        self.keys.apply_batch(keys)?;
+        self.checkpoints.apply_batch(checkpoints)?;
         Ok(())
     }
 
@@ -431,11 +450,17 @@ impl KeyedIndex {
     /// # Errors
     /// sled errors.
     pub fn seq_by_idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.idem.get(key.as_bytes())?.map(|v| u64_of(&v)))
+        Ok(self.keys.get(prefixed(b'i', key))?.map(|v| u64_of(&v)))
     }
 
-    fn seqs_by(tree: &Tree, value: &str, from_seq: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
-        let prefix = prefixed(value);
+    fn seqs_by(
+        tree: &Tree,
+        tag: u8,
+        value: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let prefix = prefixed(tag, value);
         let mut start = prefix.clone();
         start.extend_from_slice(&be(from_seq));
         let mut out = Vec::new();
@@ -453,16 +478,26 @@ impl KeyedIndex {
     ///
     /// # Errors
     /// sled errors.
-    pub fn seqs_by_subject(&self, subject: &str, from_seq: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
-        Self::seqs_by(&self.subject, subject, from_seq, limit)
+    pub fn seqs_by_subject(
+        &self,
+        subject: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        Self::seqs_by(&self.keys, b's', subject, from_seq, limit)
     }
 
     /// Seqs by an actor.
     ///
     /// # Errors
     /// sled errors.
-    pub fn seqs_by_actor(&self, actor: &str, from_seq: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
-        Self::seqs_by(&self.actor, actor, from_seq, limit)
+    pub fn seqs_by_actor(
+        &self,
+        actor: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        Self::seqs_by(&self.keys, b'a', actor, from_seq, limit)
     }
 
     /// The checkpoint stored for exactly `size`.
@@ -488,6 +523,9 @@ impl KeyedIndex {
     }
 }
 
+/// One group commit's keyed facts: first seq, entries, closing checkpoint.
+pub type KeyedGroup<'a> = (u64, &'a [KeyedEntry], Option<(u64, &'a str)>);
+
 /// Both indexes of one log.
 pub struct LogIndex {
     /// Flat files.
@@ -503,8 +541,12 @@ impl LogIndex {
     /// I/O and sled errors.
     pub fn open(db: &Db, dir: &Path, log: &str) -> Result<LogIndex, StoreError> {
         let keyed = KeyedIndex::open(db, log)?;
-        let trusted = keyed.indexed_size()?;
-        let dense = DenseIndex::open(dir, trusted)?;
+        let recorded = keyed.indexed_size()?;
+        let (dense, trusted) = DenseIndex::open(dir, recorded)?;
+        if trusted < recorded {
+            // Re-indexing keyed facts is idempotent: catch up from here.
+            keyed.set_indexed_size(trusted)?;
+        }
         Ok(LogIndex { dense, keyed })
     }
 
@@ -512,7 +554,12 @@ impl LogIndex {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn seq_range_by_time(&self, since: i64, until: i64, size: u64) -> Result<Range<u64>, StoreError> {
+    pub fn seq_range_by_time(
+        &self,
+        since: i64,
+        until: i64,
+        size: u64,
+    ) -> Result<Range<u64>, StoreError> {
         if until <= since {
             return Ok(0..0);
         }
