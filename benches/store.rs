@@ -122,6 +122,16 @@ fn engine(batch: usize, appenders: usize) -> EngineRun {
                     let t0 = Instant::now();
                     engine.append("bench", entries).await.unwrap();
                     lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                    if std::env::var_os("AUDITLOG_BENCH_DEBUG").is_some()
+                        && t0.elapsed() > Duration::from_millis(20)
+                    {
+                        eprintln!(
+                            "slow request #{} at entry {}: {:?}",
+                            lat.len(),
+                            count.load(Ordering::Relaxed),
+                            t0.elapsed()
+                        );
+                    }
                     count.fetch_add(batch as u64, Ordering::Relaxed);
                 }
                 latencies.lock().unwrap().extend(lat);
@@ -139,6 +149,17 @@ fn engine(batch: usize, appenders: usize) -> EngineRun {
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    if std::env::var_os("AUDITLOG_BENCH_DEBUG").is_some() {
+        let total: f64 = lat.iter().sum();
+        eprintln!(
+            "requests {} mean {:.0} us, top {:?}, time inside append {:.0}% of {:.2}s x {appenders}",
+            lat.len(),
+            total / lat.len() as f64,
+            lat.iter().rev().take(8).map(|x| *x as u64).collect::<Vec<_>>(),
+            100.0 * total / 1e6 / (start.elapsed().as_secs_f64() * appenders as f64),
+            start.elapsed().as_secs_f64()
+        );
+    }
     engine.shutdown();
     EngineRun {
         rate,

@@ -64,18 +64,34 @@ struct LogState {
     segment_first_seq: u64,
     size: u64,
     refused: Option<(String, String)>,
+    /// Index jobs sent to the indexer.
+    jobs_sent: u64,
 }
 
-/// Keyed-index work handed to a log's indexer thread.
-struct IndexJob {
-    first_seq: u64,
-    entries: Vec<KeyedEntry>,
-    checkpoint: (u64, String),
+/// Keyed-index work handed to a log's indexer thread, in log order. The
+/// append path never writes to sled itself: sled serialises writers, and a
+/// large indexer batch would stall it.
+enum IndexJob {
+    /// A committed batch and its checkpoint.
+    Batch {
+        first_seq: u64,
+        entries: Vec<KeyedEntry>,
+        checkpoint: (u64, String),
+    },
+    /// A segment was opened (`seal: None`) or sealed.
+    Segment {
+        index: u64,
+        first_seq: u64,
+        seal: Option<String>,
+    },
 }
 
 /// How far the keyed index has caught up with the durable log.
 struct Progress {
+    /// Entries covered by the keyed index.
     keyed_size: u64,
+    /// Jobs applied.
+    done: u64,
     failed: Option<String>,
 }
 
@@ -88,6 +104,26 @@ struct LogFiles {
     progress: Arc<(Mutex<Progress>, Condvar)>,
     indexer: Mutex<Option<mpsc::Sender<IndexJob>>>,
     indexer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LogFiles {
+    /// Queues keyed-index work; a stopped indexer refuses the log.
+    fn send_job(&self, st: &mut LogState, job: IndexJob) {
+        let sent = self
+            .indexer
+            .lock()
+            .expect("indexer lock")
+            .as_ref()
+            .is_some_and(|tx| tx.send(job).is_ok());
+        if sent {
+            st.jobs_sent += 1;
+        } else {
+            st.refused = Some((
+                "index".into(),
+                "the indexer stopped; restart to rebuild".into(),
+            ));
+        }
+    }
 }
 
 /// How long the indexer waits between syncs of the dense files (and moves
@@ -119,34 +155,60 @@ fn run_indexer(
             while let Ok(j) = rx.try_recv() {
                 jobs.push(j);
             }
-            let groups: Vec<KeyedGroup<'_>> = jobs
-                .iter()
-                .map(|j| {
-                    (
-                        j.first_seq,
-                        j.entries.as_slice(),
-                        Some((j.checkpoint.0, j.checkpoint.1.as_str())),
-                    )
+            let mut groups: Vec<KeyedGroup<'_>> = Vec::new();
+            let mut end = None;
+            for j in &jobs {
+                if let IndexJob::Batch {
+                    first_seq,
+                    entries,
+                    checkpoint,
+                } = j
+                {
+                    groups.push((
+                        *first_seq,
+                        entries,
+                        Some((checkpoint.0, checkpoint.1.as_str())),
+                    ));
+                    end = Some(first_seq + entries.len() as u64);
+                }
+            }
+            let applied = index.keyed.add_many(&groups).and_then(|()| {
+                jobs.iter().try_for_each(|j| match j {
+                    IndexJob::Segment {
+                        index: seg,
+                        first_seq,
+                        seal: Some(text),
+                    } => index.keyed.add_seal(*seg, *first_seq, text),
+                    IndexJob::Segment {
+                        index: seg,
+                        first_seq,
+                        seal: None,
+                    } => index.keyed.add_segment(*seg, *first_seq),
+                    IndexJob::Batch { .. } => Ok(()),
                 })
-                .collect();
-            if let Err(e) = index.keyed.add_many(&groups) {
+            });
+            if let Err(e) = applied {
                 fail(e);
                 return;
             }
             {
                 let mut keys = pending_keys.lock().expect("pending keys lock");
-                for e in jobs.iter().flat_map(|j| &j.entries) {
-                    if !e.idempotency_key.is_empty() {
-                        keys.remove(&e.idempotency_key);
+                for j in &jobs {
+                    if let IndexJob::Batch { entries, .. } = j {
+                        for e in entries {
+                            if !e.idempotency_key.is_empty() {
+                                keys.remove(&e.idempotency_key);
+                            }
+                        }
                     }
                 }
             }
-            let end = jobs
-                .last()
-                .map(|j| j.first_seq + j.entries.len() as u64)
-                .unwrap_or(0);
             let (m, cv) = &*progress;
-            m.lock().expect("progress lock").keyed_size = end;
+            let mut p = m.lock().expect("progress lock");
+            if let Some(end) = end {
+                p.keyed_size = end;
+            }
+            p.done += jobs.len() as u64;
             cv.notify_all();
         }
         if closed || synced_at.elapsed() >= INDEX_SYNC_EVERY {
@@ -269,23 +331,21 @@ impl EmbeddedStore {
         self.root.join("index").join("dense").join(log)
     }
 
-    /// Waits until the keyed index covers every entry durable now.
+    /// Waits until the keyed index holds everything durable now.
     fn wait_keyed(&self, files: &LogFiles) -> Result<(), StoreError> {
-        let target = files.state.lock().expect("log state lock").size;
+        let target = files.state.lock().expect("log state lock").jobs_sent;
         let (m, cv) = &*files.progress;
         let guard = m.lock().expect("progress lock");
         let (guard, timeout) = cv
-            .wait_timeout_while(guard, INDEX_WAIT, |p| {
-                p.keyed_size < target && p.failed.is_none()
-            })
+            .wait_timeout_while(guard, INDEX_WAIT, |p| p.done < target && p.failed.is_none())
             .expect("progress lock");
         if let Some(f) = &guard.failed {
             return Err(StoreError::Index(f.clone()));
         }
         if timeout.timed_out() {
             return Err(StoreError::Index(format!(
-                "index is {} entries behind after {INDEX_WAIT:?}",
-                target - guard.keyed_size
+                "index is {} jobs behind after {INDEX_WAIT:?}",
+                target - guard.done
             )));
         }
         Ok(())
@@ -919,7 +979,7 @@ impl Store for EmbeddedStore {
                 }
             }
         }
-        let job = IndexJob {
+        let job = IndexJob::Batch {
             first_seq: batch.first_seq,
             entries: batch
                 .entries
@@ -932,19 +992,8 @@ impl Store for EmbeddedStore {
                 .collect(),
             checkpoint: (batch.first_seq + n, batch.checkpoint.clone()),
         };
-        let sent = files
-            .indexer
-            .lock()
-            .expect("indexer lock")
-            .as_ref()
-            .is_some_and(|tx| tx.send(job).is_ok());
+        files.send_job(&mut st, job);
         st.size += n;
-        if !sent {
-            st.refused = Some((
-                "index".into(),
-                "the indexer stopped; restart to rebuild".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -985,10 +1034,14 @@ impl Store for EmbeddedStore {
                 source: e,
             });
         }
-        files
-            .index
-            .keyed
-            .add_seal(seal.segment, seal.first_seq, signed)?;
+        files.send_job(
+            &mut st,
+            IndexJob::Segment {
+                index: seal.segment,
+                first_seq: seal.first_seq,
+                seal: Some(signed.to_owned()),
+            },
+        );
         let header = SegmentHeader {
             segment: seal.segment + 1,
             first_seq: seal.end_seq,
@@ -1012,10 +1065,14 @@ impl Store for EmbeddedStore {
                 });
             }
         }
-        files
-            .index
-            .keyed
-            .add_segment(header.segment, header.first_seq)?;
+        files.send_job(
+            &mut st,
+            IndexJob::Segment {
+                index: header.segment,
+                first_seq: header.first_seq,
+                seal: None,
+            },
+        );
         Ok(())
     }
 
@@ -1102,6 +1159,7 @@ impl Store for EmbeddedStore {
 
     fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError> {
         let files = self.log(log)?;
+        self.wait_keyed(&files)?;
         let size = files.state.lock().expect("log state lock").size;
         files
             .index
@@ -1147,6 +1205,7 @@ impl EmbeddedStore {
         let progress = Arc::new((
             Mutex::new(Progress {
                 keyed_size: size,
+                done: 0,
                 failed: None,
             }),
             Condvar::new(),
@@ -1169,6 +1228,7 @@ impl EmbeddedStore {
                 segment_first_seq,
                 size,
                 refused: None,
+                jobs_sent: 0,
             }),
             pending_keys,
             progress,
