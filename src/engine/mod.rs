@@ -178,6 +178,9 @@ pub struct Engine {
 
 /// Most entries gathered into one group commit.
 const MAX_BATCH_ENTRIES: usize = 8192;
+/// Batches from this size build their receipts' proofs while the store
+/// writes and syncs.
+const OVERLAP_PROOFS_FROM: usize = 32;
 /// Most payload bytes gathered into one group commit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
@@ -710,7 +713,28 @@ impl Worker {
         }
         let log = self.config.name.clone();
         let frontier = self.sequencer.frontier_nodes();
-        let (first_seq, ts, leaves, new_nodes, size, checkpoint) = if fresh.is_empty() {
+        let slot_seq = |first_seq: u64, slot: &Slot| match *slot {
+            Slot::New(j) | Slot::DuplicateInBatch(j) => first_seq + j as u64,
+            Slot::Duplicate { seq, .. } => seq,
+        };
+        // Every receipt is proven at the new size, all in one pass so the
+        // right edge of the tree is hashed once per batch.
+        let prove = |first_seq: u64, size: u64, new_nodes: &sequencer::NodeMap| {
+            let reader = OverlayReader {
+                batch: new_nodes,
+                frontier: &frontier,
+                store: LogNodes {
+                    store: self.store.as_ref(),
+                    log: &log,
+                },
+            };
+            let all: Vec<u64> = pending
+                .iter()
+                .flat_map(|p| p.slots.iter().map(|s| slot_seq(first_seq, s)))
+                .collect();
+            merkle::inclusion_proofs::<Blake3>(&reader, all, size)
+        };
+        let (first_seq, ts, leaves, size, checkpoint, proofs, next) = if fresh.is_empty() {
             // Only duplicates: answer against the latest checkpoint.
             let Some(cp) = self.checkpoint.clone() else {
                 for p in pending {
@@ -720,14 +744,9 @@ impl Worker {
                 }
                 return;
             };
-            (
-                self.sequencer.size(),
-                0,
-                Vec::new(),
-                sequencer::NodeMap::default(),
-                self.sequencer.size(),
-                cp,
-            )
+            let size = self.sequencer.size();
+            let proofs = prove(size, size, &sequencer::NodeMap::default());
+            (size, 0, Vec::new(), size, cp, proofs, None)
         } else {
             let proposal = self.sequencer.sequence(fresh, self.clock.now());
             let (mut batch, cp, new_nodes, next) = proposal.into_parts();
@@ -743,18 +762,31 @@ impl Worker {
                 }
             };
             batch.checkpoint = signed.clone();
-            if let Err(e) = self.store.append(&log, &batch) {
+            // Proofs do not depend on durability: build them while the
+            // store writes and syncs, and send them only once it has.
+            // (A thread per batch costs tens of microseconds: only worth it
+            // when the proofs take longer than that.)
+            let store = &self.store;
+            let (written, proofs) = if batch.entries.len() >= OVERLAP_PROOFS_FROM {
+                std::thread::scope(|scope| {
+                    let writer = scope.spawn(|| store.append(&log, &batch));
+                    let proofs = prove(batch.first_seq, cp.size, &new_nodes);
+                    let written = writer.join().unwrap_or_else(|_| {
+                        Err(StoreError::Index(
+                            "the store panicked while appending".into(),
+                        ))
+                    });
+                    (written, proofs)
+                })
+            } else {
+                let written = store.append(&log, &batch);
+                (written, prove(batch.first_seq, cp.size, &new_nodes))
+            };
+            if let Err(e) = written {
                 for p in pending {
                     let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
                 }
                 return;
-            }
-            self.sequencer.commit(next);
-            self.checkpoint = Some(signed.clone());
-            {
-                let mut v = self.view.write().expect("view lock");
-                v.size = self.sequencer.size();
-                v.checkpoint = Some(signed.clone());
             }
             let ts = batch.entries[0].entry.timestamp_unix_nanos;
             let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
@@ -762,31 +794,19 @@ impl Worker {
                 batch.first_seq,
                 ts,
                 leaves,
-                new_nodes,
-                self.sequencer.size(),
+                cp.size,
                 signed,
+                proofs,
+                Some(next),
             )
         };
-
-        let reader = OverlayReader {
-            batch: &new_nodes,
-            frontier: &frontier,
-            store: LogNodes {
-                store: self.store.as_ref(),
-                log: &log,
-            },
-        };
-        // Every receipt is proven at `size`: build all proofs in one pass so
-        // the right edge of the tree is hashed once per batch.
-        let slot_seq = |slot: &Slot| match *slot {
-            Slot::New(j) | Slot::DuplicateInBatch(j) => first_seq + j as u64,
-            Slot::Duplicate { seq, .. } => seq,
-        };
-        let all: Vec<u64> = pending
-            .iter()
-            .flat_map(|p| p.slots.iter().map(slot_seq))
-            .collect();
-        let proofs = merkle::inclusion_proofs::<Blake3>(&reader, all, size);
+        if let Some(next) = next {
+            self.sequencer.commit(next);
+            self.checkpoint = Some(checkpoint.clone());
+            let mut v = self.view.write().expect("view lock");
+            v.size = self.sequencer.size();
+            v.checkpoint = Some(checkpoint.clone());
+        }
         let mut proofs = match proofs {
             Ok(p) => p.into_iter(),
             Err(e) => {
