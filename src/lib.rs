@@ -8,9 +8,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod core;
 pub mod engine;
 pub mod keys;
+pub mod serve;
+pub mod service;
 pub mod store;
 pub mod verify;
 

@@ -17,6 +17,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gRPC service.
+    ///
+    /// With no options: data in ./auditlog-data, one log named "default",
+    /// listening on 127.0.0.1:50051; a signing key is created in
+    /// DATA/keys/ on first start and its public key printed. A TOML file
+    /// (--config) declares logs, limits and policies; flags and AUDITLOG_*
+    /// environment variables override it. SIGTERM drains queued appends,
+    /// syncs and exits.
+    ///
+    /// Example: auditlog serve --config auditlog.toml --listen 0.0.0.0:50051
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, env = "AUDITLOG_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (default ./auditlog-data).
+        #[arg(long, env = "AUDITLOG_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:50051; port 0 picks one).
+        #[arg(long, env = "AUDITLOG_LISTEN")]
+        listen: Option<String>,
+        /// Signer key file (default DATA/keys/signer.key, created if missing).
+        #[arg(long, env = "AUDITLOG_KEY")]
+        key: Option<PathBuf>,
+    },
     /// Create an Ed25519 signing key for a log.
     ///
     /// Writes DIR/signer.key (the private key, mode 0600: keep it secret and
@@ -56,6 +80,53 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            key,
+        } => {
+            let file = match config {
+                Some(path) => match auditlog::config::FileConfig::load(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("auditlog serve: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => auditlog::config::FileConfig::default(),
+            };
+            let mut cfg = match file.resolve() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("auditlog serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if key.is_some() {
+                cfg.key = key;
+            }
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("auditlog serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(auditlog::serve::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("auditlog serve: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::DebugAppendLoop {
             data_dir,
             key,

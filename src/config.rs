@@ -1,0 +1,381 @@
+//! The TOML configuration of `auditlog serve`, and human durations.
+//!
+//! Owns: the file's schema (unknown keys are errors, so a typo never
+//! silently drops a policy), defaults, and validation into the engine's
+//! [`LogConfig`]s and [`Limits`].
+//!
+//! ```toml
+//! data_dir = "/var/lib/auditlog"
+//! listen = "127.0.0.1:50051"
+//! key = "/etc/auditlog/signer.key"
+//!
+//! [limits]
+//! max_payload_bytes = 1048576
+//!
+//! [[log]]
+//! name = "orders"
+//! origin = "audit.example.com/orders"
+//! seal_after = "1h"
+//! seal_max_entries = 100000
+//! retention = "7y"
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::checkpoint::is_valid_origin;
+use crate::engine::input::Limits;
+use crate::engine::LogConfig;
+use crate::store::embedded::is_valid_log_name;
+
+/// Errors of configuration loading; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error (with line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What and where.
+        message: String,
+    },
+    /// A value that is well-formed but not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Signer key file.
+    pub key: Option<PathBuf>,
+    /// Append limits.
+    pub limits: Option<LimitsSection>,
+    /// Logs.
+    #[serde(default)]
+    pub log: Vec<LogSection>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitsSection {
+    pub max_payload_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
+    pub max_entries_per_request: Option<usize>,
+    pub max_field_bytes: Option<usize>,
+    pub max_attributes: Option<usize>,
+    pub max_attribute_key_bytes: Option<usize>,
+    pub max_attribute_value_bytes: Option<usize>,
+}
+
+/// `[[log]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Name (`orders`).
+    pub name: String,
+    /// Origin (`audit.example.com/orders`).
+    pub origin: String,
+    /// Seal after this many entries.
+    pub seal_max_entries: Option<u64>,
+    /// Seal this long after the segment's first entry (`"1h"`, `"never"`).
+    pub seal_after: Option<String>,
+    /// Keep payloads this long after sealing (`"7y"`, `"forever"`).
+    pub retention: Option<String>,
+    /// Reserved for retention windows (not implemented yet).
+    pub retention_window: Option<String>,
+    /// Reserved for erasure policy (not implemented yet).
+    pub erasable: Option<bool>,
+}
+
+/// Parses `90s`, `15m`, `1h`, `30d`, `7y` (365 days), `500ms`.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m, h, d or y)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h, d or y)"
+            ))
+        }
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Signer key file (`None`: `DATA/keys/signer.key`, created if missing).
+    pub key: Option<PathBuf>,
+    /// Limits.
+    pub limits: Limits,
+    /// Logs.
+    pub logs: Vec<LogConfig>,
+}
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./auditlog-data";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl FileConfig {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// Unreadable file, bad TOML, unknown keys.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The parser's message, with line and column.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Validates into an effective configuration.
+    ///
+    /// # Errors
+    /// The first invalid or contradictory setting, naming the log.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let mut limits = Limits::default();
+        if let Some(l) = self.limits {
+            let set = |v: Option<usize>, field: &mut usize| {
+                if let Some(v) = v {
+                    *field = v;
+                }
+            };
+            set(l.max_payload_bytes, &mut limits.max_payload_bytes);
+            set(l.max_request_bytes, &mut limits.max_request_bytes);
+            set(
+                l.max_entries_per_request,
+                &mut limits.max_entries_per_request,
+            );
+            set(l.max_field_bytes, &mut limits.max_field_bytes);
+            set(l.max_attributes, &mut limits.max_attributes);
+            set(
+                l.max_attribute_key_bytes,
+                &mut limits.max_attribute_key_bytes,
+            );
+            set(
+                l.max_attribute_value_bytes,
+                &mut limits.max_attribute_value_bytes,
+            );
+            if limits.max_payload_bytes > limits.max_request_bytes {
+                return Err(bad(format!(
+                    "limits: max_payload_bytes ({}) is larger than max_request_bytes ({})",
+                    limits.max_payload_bytes, limits.max_request_bytes
+                )));
+            }
+            if limits.max_field_bytes > crate::core::entry::MAX_FIELD_LEN
+                || limits.max_attribute_value_bytes > crate::core::entry::MAX_FIELD_LEN
+            {
+                return Err(bad(
+                    "limits: string limits above 65535 bytes cannot be encoded".into(),
+                ));
+            }
+        }
+        let mut logs = Vec::new();
+        let mut names = HashSet::new();
+        let mut origins = HashSet::new();
+        for l in self.log {
+            let ctx = format!("[[log]] {:?}", l.name);
+            if !is_valid_log_name(&l.name) {
+                return Err(bad(format!(
+                    "{ctx}: names are 1-64 characters of a-z, 0-9, '_', '-', '.'"
+                )));
+            }
+            if !names.insert(l.name.clone()) {
+                return Err(bad(format!("{ctx}: declared twice")));
+            }
+            if !is_valid_origin(&l.origin) {
+                return Err(bad(format!(
+                    "{ctx}: origin {:?} must be a schema-less URL without spaces or '+'",
+                    l.origin
+                )));
+            }
+            if !origins.insert(l.origin.clone()) {
+                return Err(bad(format!(
+                    "{ctx}: origin {:?} is used by another log",
+                    l.origin
+                )));
+            }
+            if l.retention_window.is_some() || l.erasable.is_some() {
+                return Err(bad(format!(
+                    "{ctx}: retention_window and erasable are not supported by this version yet; \
+                     remove them rather than have them silently ignored"
+                )));
+            }
+            let mut cfg = LogConfig::new(&l.name, &l.origin);
+            if let Some(n) = l.seal_max_entries {
+                if n == 0 {
+                    return Err(bad(format!("{ctx}: seal_max_entries must be at least 1")));
+                }
+                cfg.seal_max_entries = n;
+            }
+            if let Some(s) = l.seal_after {
+                cfg.seal_after = match s.as_str() {
+                    "never" => None,
+                    s => Some(
+                        parse_duration(s).map_err(|e| bad(format!("{ctx}: seal_after: {e}")))?,
+                    ),
+                };
+            }
+            if let Some(r) = l.retention {
+                cfg.retention = match r.as_str() {
+                    "forever" => None,
+                    s => {
+                        Some(parse_duration(s).map_err(|e| bad(format!("{ctx}: retention: {e}")))?)
+                    }
+                };
+            }
+            logs.push(cfg);
+        }
+        if logs.is_empty() {
+            logs.push(LogConfig::new("default", "localhost/default"));
+        }
+        Ok(Config {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            key: self.key,
+            limits,
+            logs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("7y").unwrap(),
+            Duration::from_secs(7 * 365 * 86_400)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "7", "y", "7w", "-1s", "1.5h", "99999999999999999999y"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_full_file_resolves() {
+        let c = FileConfig::parse(
+            r#"
+            listen = "127.0.0.1:7000"
+            [limits]
+            max_payload_bytes = 2048
+            [[log]]
+            name = "orders"
+            origin = "audit.example.com/orders"
+            seal_after = "1h"
+            seal_max_entries = 10
+            retention = "7y"
+            [[log]]
+            name = "chats"
+            origin = "audit.example.com/chats"
+            seal_after = "never"
+            "#,
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.limits.max_payload_bytes, 2048);
+        assert_eq!(c.logs.len(), 2);
+        assert_eq!(c.logs[0].seal_max_entries, 10);
+        assert_eq!(
+            c.logs[0].retention,
+            Some(Duration::from_secs(7 * 365 * 86_400))
+        );
+        assert_eq!(c.logs[1].seal_after, None);
+        let d = FileConfig::default().resolve().unwrap();
+        assert_eq!(d.logs[0].name, "default");
+        assert_eq!(d.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn bad_files_say_what_and_where() {
+        let cases = [
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nretension = \"7y\"\n", "retension"),
+            ("[[log]]\nname = \"A b\"\norigin = \"x/a\"\n", "names are"),
+            ("[[log]]\nname = \"a\"\norigin = \"has space\"\n", "origin"),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\n[[log]]\nname = \"a\"\norigin = \"x/b\"\n", "declared twice"),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\n[[log]]\nname = \"b\"\norigin = \"x/a\"\n", "another log"),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nseal_after = \"1w\"\n", "unknown unit"),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nseal_max_entries = 0\n", "at least 1"),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nerasable = false\n", "not supported"),
+            ("[limits]\nmax_payload_bytes = 10\nmax_request_bytes = 5\n", "larger than"),
+        ];
+        for (text, want) in cases {
+            let err = match FileConfig::parse(text) {
+                Err(e) => e,
+                Ok(f) => f.resolve().unwrap_err().to_string(),
+            };
+            assert!(err.contains(want), "{text:?} gave {err:?}");
+        }
+        // Syntax errors carry a line number.
+        let err = FileConfig::parse("[[log]]\nname = \n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! `auditlog serve`: assembles store, engine and gRPC server, and stops
+//! cleanly.
+//!
+//! Invariant: on SIGTERM or Ctrl-C the listener stops taking requests, every
+//! append already queued is made durable and answered, the indexes are
+//! synced, and only then does the process exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::core::note::SignerKey;
+use crate::engine::{Engine, SystemClock};
+use crate::keys;
+use crate::service::Service;
+use crate::store::embedded::EmbeddedStore;
+
+/// Name of keys created by `serve` on first start.
+pub const DEFAULT_KEY_NAME: &str = "auditlog";
+
+/// Loads the signing key, or creates `DATA/keys/signer.key` on first start.
+/// Returns the key and, when it was just created, the verifier file path.
+///
+/// # Errors
+/// Unreadable or insecure key files.
+pub fn load_or_create_key(
+    config: &Config,
+) -> Result<(SignerKey, Option<PathBuf>), keys::KeyFileError> {
+    if let Some(path) = &config.key {
+        return Ok((keys::load_signer(path)?, None));
+    }
+    let dir = config.data_dir.join("keys");
+    let path = dir.join(keys::SIGNER_FILE);
+    if path.exists() {
+        return Ok((keys::load_signer(&path)?, None));
+    }
+    let signer = keys::generate_signer(DEFAULT_KEY_NAME)?;
+    let (_, verifier) = keys::write_key_pair(&dir, &signer)?;
+    Ok((signer, Some(verifier)))
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+///
+/// # Errors
+/// Start-up failures (address, key, store), with what to fix.
+pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|e| format!("--listen {:?}: {e}", config.listen))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+    let (signer, created) = load_or_create_key(&config)?;
+    if let Some(v) = created {
+        eprintln!(
+            "auditlog: created a signing key; its public key is in {}",
+            v.display()
+        );
+    }
+    let verifier = signer.verifier();
+    eprintln!("auditlog: verifier key {}", verifier.to_text());
+
+    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let engine = Arc::new(Engine::start(
+        store.clone(),
+        Arc::new(signer),
+        config.logs.clone(),
+        config.limits.clone(),
+        Arc::new(SystemClock),
+    )?);
+    for r in store.take_recoveries() {
+        eprintln!(
+            "auditlog: recovered log {}: cut {} bytes ({} unacknowledged entries) from {} at byte {}{}",
+            r.log,
+            r.bytes_cut,
+            r.entries_cut,
+            r.file.display(),
+            r.cut_at,
+            r.reason.map(|x| format!(": {x}")).unwrap_or_default()
+        );
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::audit_log_server::AuditLogServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let service = Service::new(engine.clone(), Some(config.data_dir.clone()), verifier);
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    eprintln!(
+        "auditlog: serving {} log(s) from {} on {local}",
+        config.logs.len(),
+        config.data_dir.display()
+    );
+    // Machine-readable line for scripts and tests that pass port 0.
+    println!("listening on {local}");
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await?;
+
+    eprintln!("auditlog: draining queued appends");
+    let engine_for_stop = engine.clone();
+    tokio::task::spawn_blocking(move || engine_for_stop.shutdown()).await?;
+    drop(engine);
+    drop(store);
+    eprintln!("auditlog: stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,410 @@
+//! The gRPC service `auditlog.v1.AuditLog` over an [`Engine`].
+//!
+//! Owns: translation between the proto contract and the engine (messages,
+//! and errors to gRPC codes), the stream plumbing of `AppendStream`, and the
+//! server assembly with health checking and reflection.
+//!
+//! Invariants:
+//! - No handler panics on client input: every error is a status with a code
+//!   and a message naming the entry and field when there is one.
+//! - Blocking store reads run on the blocking pool, never on the runtime's
+//!   worker threads.
+//! - `AppendStream` answers each request in order, with requests pipelined
+//!   into group commits (at most [`STREAM_WINDOW`] in flight per stream).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::core::hash::Hash;
+use crate::core::note::VerifierKey;
+use crate::core::seal::SealReason;
+use crate::engine::input::{AppendError, EntryInput};
+use crate::engine::{AppendOutcome, Engine, ReadError};
+use crate::proto;
+use crate::proto::audit_log_server::{AuditLog, AuditLogServer};
+use crate::store::{PayloadState, StoreError, StoredEntry};
+
+/// Requests of one `AppendStream` that may be in flight at once.
+pub const STREAM_WINDOW: usize = 256;
+
+/// Largest gRPC message accepted (a 4 MiB request plus framing).
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// The service.
+pub struct Service {
+    engine: Arc<Engine>,
+    data_dir: Option<std::path::PathBuf>,
+    verifier: VerifierKey,
+}
+
+impl Service {
+    /// A service over `engine`; `data_dir` enables the `Verify` RPC for the
+    /// embedded store, checked against `verifier`.
+    pub fn new(
+        engine: Arc<Engine>,
+        data_dir: Option<std::path::PathBuf>,
+        verifier: VerifierKey,
+    ) -> Service {
+        Service {
+            engine,
+            data_dir,
+            verifier,
+        }
+    }
+
+    /// The tonic server of this service, with message size limits.
+    pub fn into_server(self) -> AuditLogServer<Service> {
+        AuditLogServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn log_name(log: &str) -> &str {
+    if log.is_empty() {
+        "default"
+    } else {
+        log
+    }
+}
+
+/// gRPC status of an append error.
+pub fn append_status(e: AppendError) -> Status {
+    let msg = e.to_string();
+    match e {
+        AppendError::Invalid { .. } => Status::invalid_argument(msg),
+        AppendError::TooLarge { .. } => Status::resource_exhausted(msg),
+        AppendError::IdempotencyConflict { .. } => Status::already_exists(msg),
+        AppendError::UnknownLog(_) => Status::not_found(msg),
+        AppendError::Unavailable(_) => Status::unavailable(msg),
+    }
+}
+
+/// gRPC status of a read error.
+pub fn read_status(e: ReadError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ReadError::UnknownLog(_) | ReadError::NotFound(_) => Status::not_found(msg),
+        ReadError::Invalid(_) => Status::invalid_argument(msg),
+        ReadError::Store(StoreError::Corrupt { .. }) => Status::unavailable(msg),
+        ReadError::Store(StoreError::UnknownLog(_)) => Status::not_found(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    read_status(ReadError::Store(e))
+}
+
+fn to_input(e: proto::EntryInput) -> EntryInput {
+    EntryInput {
+        subject: e.subject,
+        actor: e.actor,
+        kind: e.kind,
+        content_type: e.content_type,
+        payload: e.payload,
+        attributes: e.attributes.into_iter().collect::<BTreeMap<_, _>>(),
+        idempotency_key: e.idempotency_key,
+    }
+}
+
+fn proof_bytes(p: &[Hash]) -> Vec<Vec<u8>> {
+    p.iter().map(|h| h.0.to_vec()).collect()
+}
+
+fn to_response(o: AppendOutcome) -> proto::AppendResponse {
+    proto::AppendResponse {
+        receipts: o
+            .receipts
+            .into_iter()
+            .map(|r| proto::Receipt {
+                seq: r.seq,
+                leaf_hash: r.leaf_hash.0.to_vec(),
+                timestamp_unix_nanos: r.timestamp_unix_nanos,
+                duplicate: r.duplicate,
+                inclusion_proof: proof_bytes(&r.inclusion_proof),
+            })
+            .collect(),
+        checkpoint: o.checkpoint,
+    }
+}
+
+/// The proto form of a stored entry.
+pub fn to_entry(log: &str, s: StoredEntry) -> proto::Entry {
+    let (state, reason) = match s.state {
+        PayloadState::Present => (proto::PayloadState::Present, String::new()),
+        PayloadState::Erased => (proto::PayloadState::Erased, "erased".to_owned()),
+        PayloadState::Expired => (proto::PayloadState::Expired, "retention ended".to_owned()),
+    };
+    let e = s.entry;
+    proto::Entry {
+        log: log.to_owned(),
+        origin: e.origin,
+        seq: e.seq,
+        timestamp_unix_nanos: e.timestamp_unix_nanos,
+        subject: e.subject,
+        actor: e.actor,
+        kind: e.kind,
+        content_type: e.content_type,
+        attributes: e.attributes.into_iter().collect(),
+        idempotency_key: e.idempotency_key,
+        payload_length: e.payload_len,
+        payload_digest: e.payload_commitment.0.to_vec(),
+        prev_leaf_hash: e.prev_leaf_hash.0.to_vec(),
+        leaf_hash: s.leaf_hash.0.to_vec(),
+        salt: s.salt.map(|x| x.0.to_vec()).unwrap_or_default(),
+        payload: s.payload,
+        payload_state: state as i32,
+        payload_removed_reason: reason,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AuditLog for Service {
+    async fn append(
+        &self,
+        request: Request<proto::AppendRequest>,
+    ) -> Result<Response<proto::AppendResponse>, Status> {
+        let r = request.into_inner();
+        let entries = r.entries.into_iter().map(to_input).collect();
+        let out = self
+            .engine
+            .append(log_name(&r.log), entries)
+            .await
+            .map_err(append_status)?;
+        Ok(Response::new(to_response(out)))
+    }
+
+    type AppendStreamStream = ResponseStream<proto::AppendResponse>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<proto::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let engine = self.engine.clone();
+        // Receivers travel in request order; the output side awaits them in
+        // that order, so responses keep the order of requests while the
+        // engine batches many of them into one group commit.
+        let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let item = match msg {
+                    Ok(r) => {
+                        let entries = r.entries.into_iter().map(to_input).collect();
+                        engine
+                            .submit(log_name(&r.log), entries)
+                            .map_err(append_status)
+                    }
+                    Err(status) => Err(status),
+                };
+                let stop = item.is_err();
+                if pending_tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(item) = pending_rx.recv().await {
+                let response = match item {
+                    Ok(rx) => match rx.await {
+                        Ok(Ok(out)) => Ok(to_response(out)),
+                        Ok(Err(e)) => Err(append_status(e)),
+                        Err(_) => Err(Status::unavailable("sequencer stopped")),
+                    },
+                    Err(status) => Err(status),
+                };
+                let stop = response.is_err();
+                if out_tx.send(response).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<proto::GetEntryRequest>,
+    ) -> Result<Response<proto::GetEntryResponse>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        blocking(move || {
+            let log = log_name(&r.log).to_owned();
+            let (entry, proof, checkpoint) = engine
+                .entry(&log, r.seq, r.tree_size)
+                .map_err(read_status)?;
+            Ok(Response::new(proto::GetEntryResponse {
+                entry: Some(to_entry(&log, entry)),
+                inclusion_proof: proof_bytes(&proof),
+                checkpoint,
+            }))
+        })
+        .await
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<proto::GetCheckpointRequest>,
+    ) -> Result<Response<proto::GetCheckpointResponse>, Status> {
+        let r = request.into_inner();
+        let (_, checkpoint) = self
+            .engine
+            .checkpoint(log_name(&r.log))
+            .map_err(read_status)?
+            .ok_or_else(|| Status::not_found("the log is empty: no checkpoint yet"))?;
+        Ok(Response::new(proto::GetCheckpointResponse { checkpoint }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<proto::GetConsistencyProofRequest>,
+    ) -> Result<Response<proto::GetConsistencyProofResponse>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        blocking(move || {
+            let (proof, checkpoint, _) = engine
+                .consistency(log_name(&r.log), r.from_size, r.to_size)
+                .map_err(read_status)?;
+            Ok(Response::new(proto::GetConsistencyProofResponse {
+                proof: proof_bytes(&proof),
+                checkpoint,
+            }))
+        })
+        .await
+    }
+
+    type ExportStream = ResponseStream<proto::ExportChunk>;
+
+    async fn export(
+        &self,
+        _request: Request<proto::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        Err(Status::unimplemented(
+            "Export (evidence bundles) is not available in this version yet",
+        ))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let r = request.into_inner();
+        let Some(dir) = self.data_dir.clone() else {
+            return Err(Status::unimplemented("Verify needs the embedded store"));
+        };
+        let key = self.verifier.clone();
+        if !r.log.is_empty() && self.engine.log_config(&r.log).is_none() {
+            return Err(Status::not_found(format!("unknown log {:?}", r.log)));
+        }
+        blocking(move || {
+            let mut report = crate::verify::Report::default();
+            let logs_dir = dir.join("logs");
+            let names: Vec<String> = if r.log.is_empty() {
+                let mut v: Vec<String> = std::fs::read_dir(&logs_dir)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect();
+                v.sort();
+                v
+            } else {
+                vec![r.log.clone()]
+            };
+            for name in names {
+                crate::verify::store::verify_log_dir(
+                    &logs_dir.join(&name),
+                    &name,
+                    std::slice::from_ref(&key),
+                    &mut report,
+                )
+                .map_err(|e| Status::internal(e.to_string()))?;
+            }
+            Ok(Response::new(proto::VerifyResponse {
+                valid: report.is_valid(),
+                entries_checked: report.entries_checked,
+                findings: report
+                    .findings
+                    .into_iter()
+                    .map(|f| proto::Finding {
+                        code: f.verdict.code().to_owned(),
+                        log: f.log,
+                        seq: f.seq,
+                        field: f.field,
+                        detail: f.detail,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn seal(
+        &self,
+        request: Request<proto::SealRequest>,
+    ) -> Result<Response<proto::SealResponse>, Status> {
+        let r = request.into_inner();
+        let log = log_name(&r.log).to_owned();
+        let rx = self
+            .engine
+            .submit_seal(&log, SealReason::Request)
+            .map_err(append_status)?;
+        let sealed = rx
+            .await
+            .map_err(|_| Status::unavailable("sequencer stopped"))?
+            .map_err(append_status)?
+            .ok_or_else(|| Status::internal("nothing was sealed"))?;
+        Ok(Response::new(proto::SealResponse {
+            segment: Some(proto::Segment {
+                index: sealed.seal.segment,
+                first_seq: sealed.seal.first_seq,
+                end_seq: sealed.seal.end_seq,
+                sealed: true,
+                seal: sealed.signed,
+            }),
+        }))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<proto::ListSegmentsRequest>,
+    ) -> Result<Response<proto::ListSegmentsResponse>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        blocking(move || {
+            let log = log_name(&r.log);
+            if engine.log_config(log).is_none() {
+                return Err(Status::not_found(format!("unknown log {log:?}")));
+            }
+            let segments = engine.store().segments(log).map_err(store_status)?;
+            Ok(Response::new(proto::ListSegmentsResponse {
+                segments: segments
+                    .into_iter()
+                    .map(|s| proto::Segment {
+                        index: s.index,
+                        first_seq: s.first_seq,
+                        end_seq: s.end_seq,
+                        sealed: s.seal.is_some(),
+                        seal: s.seal.unwrap_or_default(),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,405 @@
+//! End to end over real gRPC: `auditlog serve` in a child process on a free
+//! port, a tonic client appending, reading, proving, sealing, probing
+//! health, sending bad input, and stopping the server with SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use auditlog::core::checkpoint::Checkpoint;
+use auditlog::core::hash::{Blake3, Hash};
+use auditlog::core::merkle::{proof_from_bytes, verify_consistency, verify_inclusion};
+use auditlog::core::note::VerifierKey;
+use auditlog::proto::audit_log_client::AuditLogClient;
+use auditlog::proto::{
+    AppendRequest, EntryInput, GetCheckpointRequest, GetConsistencyProofRequest, GetEntryRequest,
+    ListSegmentsRequest, SealRequest, VerifyRequest,
+};
+use tonic::Code;
+
+struct Server {
+    child: Child,
+    addr: String,
+    data: tempfile::TempDir,
+}
+
+fn start(config: Option<&str>) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditlog"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(c) = config {
+        let path = data.path().join("auditlog.toml");
+        std::fs::write(&path, c).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect(&line)
+        .to_owned();
+    Server { child, addr, data }
+}
+
+impl Server {
+    async fn client(&self) -> AuditLogClient<tonic::transport::Channel> {
+        AuditLogClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+    fn verifier(&self) -> VerifierKey {
+        auditlog::keys::load_verifiers(&self.data.path().join("keys/verifier.pub")).unwrap()[0]
+            .clone()
+    }
+    fn stop(mut self) -> tempfile::TempDir {
+        let pid = self.child.id() as i32;
+        // SIGTERM: drain and exit cleanly.
+        assert_eq!(send_sigterm(pid), 0);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        self.data
+    }
+}
+
+fn send_sigterm(pid: i32) -> i32 {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .code()
+        .unwrap()
+}
+
+fn entry(subject: &str, kind: &str, payload: &str, key: &str) -> EntryInput {
+    EntryInput {
+        subject: subject.into(),
+        actor: "buyer:42".into(),
+        kind: kind.into(),
+        content_type: "text/plain".into(),
+        payload: payload.as_bytes().to_vec(),
+        attributes: [("gig".to_string(), "g-1".to_string())]
+            .into_iter()
+            .collect(),
+        idempotency_key: key.into(),
+    }
+}
+
+const CONFIG: &str = r#"
+[[log]]
+name = "orders"
+origin = "audit.example.com/orders"
+[[log]]
+name = "chats"
+origin = "audit.example.com/chats"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_read_prove_seal_and_stop_over_grpc() {
+    let server = start(Some(CONFIG));
+    let key = server.verifier();
+    let mut c = server.client().await;
+
+    let first = c
+        .append(AppendRequest {
+            log: "orders".into(),
+            entries: vec![
+                entry("order:8812", "prompt", "Write a haiku", "o-1"),
+                entry("order:8812", "output", "Escrow waits", "o-2"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (cp1, _) = Checkpoint::open(
+        &first.checkpoint,
+        std::slice::from_ref(&key),
+        Some("audit.example.com/orders"),
+    )
+    .unwrap();
+    for r in &first.receipts {
+        let proof = proof_from_bytes(&r.inclusion_proof).unwrap();
+        verify_inclusion::<Blake3>(
+            r.seq,
+            cp1.size,
+            &Hash::from_slice(&r.leaf_hash).unwrap(),
+            &proof,
+            &cp1.root,
+        )
+        .unwrap();
+    }
+    // A retry is a duplicate with the same receipt.
+    let retry = c
+        .append(AppendRequest {
+            log: "orders".into(),
+            entries: vec![entry("order:8812", "prompt", "Write a haiku", "o-1")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.receipts[0].duplicate);
+    assert_eq!(retry.receipts[0].seq, 0);
+    // Chats are a separate log.
+    c.append(AppendRequest {
+        log: "chats".into(),
+        entries: vec![entry("conversation:77", "chat.message", "hi", "")],
+    })
+    .await
+    .unwrap();
+    for i in 0..5 {
+        c.append(AppendRequest {
+            log: "orders".into(),
+            entries: vec![entry("order:9", "prompt", &format!("p{i}"), "")],
+        })
+        .await
+        .unwrap();
+    }
+    // The receipt's checkpoint is consistent with the latest.
+    let latest = c
+        .get_checkpoint(GetCheckpointRequest {
+            log: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint;
+    let (cp2, _) = Checkpoint::open(
+        &latest,
+        std::slice::from_ref(&key),
+        Some("audit.example.com/orders"),
+    )
+    .unwrap();
+    assert_eq!(cp2.size, 7);
+    let cons = c
+        .get_consistency_proof(GetConsistencyProofRequest {
+            log: "orders".into(),
+            from_size: cp1.size,
+            to_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    verify_consistency::<Blake3>(
+        cp1.size,
+        cp2.size,
+        &proof_from_bytes(&cons.proof).unwrap(),
+        &cp1.root,
+        &cp2.root,
+    )
+    .unwrap();
+    // GetEntry carries every field and a proof against a signed checkpoint.
+    let got = c
+        .get_entry(GetEntryRequest {
+            log: "orders".into(),
+            seq: 1,
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = got.entry.unwrap();
+    assert_eq!(
+        (e.seq, e.kind.as_str(), e.payload.as_slice()),
+        (1, "output", &b"Escrow waits"[..])
+    );
+    assert_eq!(e.attributes.get("gig").map(String::as_str), Some("g-1"));
+    assert_eq!(e.salt.len(), 32);
+    let (cp, _) = Checkpoint::open(&got.checkpoint, std::slice::from_ref(&key), None).unwrap();
+    verify_inclusion::<Blake3>(
+        1,
+        cp.size,
+        &Hash::from_slice(&e.leaf_hash).unwrap(),
+        &proof_from_bytes(&got.inclusion_proof).unwrap(),
+        &cp.root,
+    )
+    .unwrap();
+
+    // Seal and list.
+    let sealed = c
+        .seal(SealRequest {
+            log: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .segment
+        .unwrap();
+    assert_eq!(
+        (sealed.first_seq, sealed.end_seq, sealed.sealed),
+        (0, 7, true)
+    );
+    let segs = c
+        .list_segments(ListSegmentsRequest {
+            log: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    assert_eq!(segs.len(), 2);
+    assert!(segs[0].sealed && !segs[1].sealed);
+
+    // Server-side verification of the whole store.
+    let v = c
+        .verify(VerifyRequest { log: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.valid, "{:?}", v.findings);
+    assert_eq!(v.entries_checked, 8);
+
+    // Health and reflection are there for generic tools.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "auditlog.v1.AuditLog".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let data = server.stop();
+    let report = auditlog::verify::store::verify_data_dir(data.path(), &[key]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_precise_codes_and_appends_nothing() {
+    let server = start(None);
+    let mut c = server.client().await;
+    c.append(AppendRequest {
+        log: String::new(),
+        entries: vec![entry("order:1", "prompt", "ok", "k")],
+    })
+    .await
+    .unwrap();
+
+    let mut empty_actor = entry("order:1", "prompt", "x", "");
+    empty_actor.actor.clear();
+    let big = EntryInput {
+        payload: vec![0; (1 << 20) + 1],
+        ..entry("order:1", "prompt", "", "")
+    };
+    let mut long_subject = entry("order:1", "prompt", "x", "");
+    long_subject.subject = "s".repeat(1000);
+    let cases: Vec<(&str, AppendRequest, Code, &str)> = vec![
+        (
+            "empty actor",
+            AppendRequest {
+                log: "default".into(),
+                entries: vec![entry("order:1", "prompt", "a", ""), empty_actor],
+            },
+            Code::InvalidArgument,
+            "entry 1: field actor",
+        ),
+        (
+            "oversized payload",
+            AppendRequest {
+                log: "default".into(),
+                entries: vec![big],
+            },
+            Code::ResourceExhausted,
+            "payload",
+        ),
+        (
+            "huge metadata",
+            AppendRequest {
+                log: "default".into(),
+                entries: vec![long_subject],
+            },
+            Code::ResourceExhausted,
+            "subject",
+        ),
+        (
+            "no entries",
+            AppendRequest {
+                log: "default".into(),
+                entries: vec![],
+            },
+            Code::InvalidArgument,
+            "at least one entry",
+        ),
+        (
+            "unknown log",
+            AppendRequest {
+                log: "nope".into(),
+                entries: vec![entry("order:1", "prompt", "a", "")],
+            },
+            Code::NotFound,
+            "unknown log",
+        ),
+        (
+            "key reused for other content",
+            AppendRequest {
+                log: "default".into(),
+                entries: vec![entry("order:1", "prompt", "other", "k")],
+            },
+            Code::AlreadyExists,
+            "idempotency key",
+        ),
+    ];
+    for (name, req, code, text) in cases {
+        let err = c.append(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{name}: {}", err.message());
+        assert!(err.message().contains(text), "{name}: {}", err.message());
+    }
+    // Invalid UTF-8 in a string field is refused by the protocol layer.
+    let mut raw = prost::Message::encode_to_vec(&AppendRequest {
+        log: "default".into(),
+        entries: vec![entry("order:1", "prompt", "a", "")],
+    });
+    let at = raw.windows(7).position(|w| w == b"order:1").unwrap();
+    raw[at] = 0xff;
+    assert!(<AppendRequest as prost::Message>::decode(raw.as_slice()).is_err());
+
+    let cp = c
+        .get_checkpoint(GetCheckpointRequest { log: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint;
+    let (cp, _) = Checkpoint::open(&cp, &[server.verifier()], None).unwrap();
+    assert_eq!(cp.size, 1, "nothing of a refused request was appended");
+    assert_eq!(
+        c.get_entry(GetEntryRequest {
+            log: String::new(),
+            seq: 5,
+            tree_size: 0
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.get_consistency_proof(GetConsistencyProofRequest {
+            log: String::new(),
+            from_size: 0,
+            to_size: 0
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    server.stop();
+}
