@@ -106,6 +106,20 @@ struct LogFiles {
     indexer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl LogState {
+    /// Fails while the log is refused (corruption found, or a failed write).
+    fn check_serving(&self, log: &str) -> Result<(), StoreError> {
+        match &self.refused {
+            None => Ok(()),
+            Some((location, reason)) => Err(StoreError::Corrupt {
+                log: log.to_owned(),
+                location: location.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
 impl LogFiles {
     /// Queues keyed-index work; a stopped indexer refuses the log.
     fn send_job(&self, st: &mut LogState, job: IndexJob) {
@@ -899,13 +913,7 @@ impl Store for EmbeddedStore {
     fn append(&self, log: &str, batch: &Batch) -> Result<(), StoreError> {
         let files = self.log(log)?;
         let mut st = files.state.lock().expect("log state lock");
-        if let Some((location, reason)) = &st.refused {
-            return Err(StoreError::Corrupt {
-                log: log.to_owned(),
-                location: location.clone(),
-                reason: reason.clone(),
-            });
-        }
+        st.check_serving(log)?;
         if batch.first_seq != st.size {
             return Err(StoreError::HeadMoved {
                 log: log.to_owned(),
@@ -1000,13 +1008,7 @@ impl Store for EmbeddedStore {
     fn seal(&self, log: &str, seal: &Seal, signed: &str) -> Result<(), StoreError> {
         let files = self.log(log)?;
         let mut st = files.state.lock().expect("log state lock");
-        if let Some((location, reason)) = &st.refused {
-            return Err(StoreError::Corrupt {
-                log: log.to_owned(),
-                location: location.clone(),
-                reason: reason.clone(),
-            });
-        }
+        st.check_serving(log)?;
         if seal.segment != st.segment
             || seal.first_seq != st.segment_first_seq
             || seal.end_seq != st.size
