@@ -172,6 +172,40 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
+/// Size of the chunks an export is streamed in.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// Streams what is written to it as `ExportChunk`s (blocking side).
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<proto::ExportChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(proto::ExportChunk { data }))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -294,11 +328,46 @@ impl AuditLog for Service {
 
     async fn export(
         &self,
-        _request: Request<proto::ExportRequest>,
+        request: Request<proto::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        Err(Status::unimplemented(
-            "Export (evidence bundles) is not available in this version yet",
-        ))
+        use crate::bundle::Query;
+        let r = request.into_inner();
+        let log = log_name(&r.log).to_owned();
+        let query = match r.selector {
+            Some(proto::export_request::Selector::SeqRange(x)) => Query::SeqRange {
+                from_seq: x.from_seq,
+                to_seq: x.to_seq,
+            },
+            Some(proto::export_request::Selector::TimeRange(x)) => Query::TimeRange {
+                since_unix_nanos: x.since_unix_nanos,
+                until_unix_nanos: x.until_unix_nanos,
+            },
+            Some(proto::export_request::Selector::Subject(subject)) if !subject.is_empty() => {
+                Query::Subject { subject }
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "say what to export: seq_range, time_range or subject",
+                ))
+            }
+        };
+        if self.engine.log_config(&log).is_none() {
+            return Err(Status::not_found(format!("unknown log {log:?}")));
+        }
+        let since = (!r.since_checkpoint.is_empty()).then_some(r.since_checkpoint);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let writer = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK_BYTES),
+            };
+            let result = engine.export(&log, query, since.as_deref(), writer);
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(read_status(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn verify(

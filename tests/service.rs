@@ -403,3 +403,130 @@ async fn bad_input_gets_precise_codes_and_appends_nothing() {
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_verify_offline_with_the_cli() {
+    let server = start(Some(CONFIG));
+    let mut c = server.client().await;
+    let receipt = c
+        .append(AppendRequest {
+            log: "orders".into(),
+            entries: vec![entry("order:8812", "prompt", "Write a haiku", "")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..4 {
+        c.append(AppendRequest {
+            log: "orders".into(),
+            entries: vec![
+                entry("order:8812", "output", &format!("v{i}"), ""),
+                entry("order:1", "prompt", "x", ""),
+            ],
+        })
+        .await
+        .unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let receipt_file = work.path().join("receipt.checkpoint");
+    std::fs::write(&receipt_file, &receipt.checkpoint).unwrap();
+    let bundle = work.path().join("order-8812.bundle");
+    let key = server.data.path().join("keys/verifier.pub");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_auditlog"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let url = format!("http://{}", server.addr);
+
+    let out = run(&[
+        &os("export"),
+        &os("--server"),
+        &os(&url),
+        &os("--log"),
+        &os("orders"),
+        &os("--subject"),
+        &os("order:8812"),
+        &os("--since-checkpoint"),
+        receipt_file.as_os_str(),
+        &os("--out"),
+        bundle.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let verify = |extra: &[&std::ffi::OsStr]| {
+        let mut args = vec![
+            os("verify").into_boxed_os_str(),
+            bundle.clone().into_os_string().into_boxed_os_str(),
+            os("--key").into_boxed_os_str(),
+            key.clone().into_os_string().into_boxed_os_str(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_os_string().into_boxed_os_str()));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        run(&refs)
+    };
+    let ok = verify(&[&os("--since-checkpoint"), receipt_file.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("VALID:") && stdout.contains("5 entries"),
+        "{stdout}"
+    );
+
+    // Tamper one payload byte: exit 1 and the exact entry named.
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let i = lines.iter().position(|l| l["type"] == "entry").unwrap();
+    lines[i]["payload"] = serde_json::Value::String(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        b"Write a limerick",
+    ));
+    std::fs::write(
+        &bundle,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let bad = verify(&[&os("--json")]);
+    assert_eq!(bad.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(report["verdict"], "INVALID");
+    let f = &report["findings"][0];
+    assert_eq!(
+        (f["code"].as_str(), f["seq"].as_u64(), f["field"].as_str()),
+        (Some("HASH_MISMATCH"), Some(0), Some("payload"))
+    );
+
+    // Usage and I/O errors exit 2.
+    let missing = run(&[
+        &os("verify"),
+        &os("/nonexistent.bundle"),
+        &os("--key"),
+        key.as_os_str(),
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+
+    // The whole store verifies offline after a clean stop.
+    let data = server.stop();
+    let store = run(&[
+        &os("verify"),
+        &os("--data-dir"),
+        data.path().as_os_str(),
+        &os("--key"),
+        key.as_os_str(),
+    ]);
+    assert_eq!(
+        store.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&store.stdout)
+    );
+}

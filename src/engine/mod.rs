@@ -478,6 +478,118 @@ impl Engine {
         Ok((proof, cp, to))
     }
 
+    /// Writes an evidence bundle (FORMAT.md §9) of the entries `query`
+    /// selects, against the latest checkpoint, with the seals that cover
+    /// them and, when `since` (a signed checkpoint) is given, the proof that
+    /// it is a prefix of the bundle's checkpoint.
+    ///
+    /// # Errors
+    /// Unknown or empty log, a `since` checkpoint beyond the log, store
+    /// failures, write failures.
+    pub fn export(
+        &self,
+        log: &str,
+        query: crate::bundle::Query,
+        since: Option<&str>,
+        out: impl std::io::Write,
+    ) -> Result<(), ReadError> {
+        use crate::bundle::{BundleEntry, BundleWriter, Query};
+        const CHUNK: usize = 1024;
+        let config = self
+            .log_config(log)
+            .ok_or_else(|| ReadError::UnknownLog(log.to_owned()))?
+            .clone();
+        let (size, checkpoint) = self
+            .checkpoint(log)?
+            .ok_or_else(|| ReadError::NotFound("the log is empty".into()))?;
+        let seqs: Vec<u64> = match &query {
+            Query::SeqRange { from_seq, to_seq } => (*from_seq..(*to_seq).min(size)).collect(),
+            Query::TimeRange {
+                since_unix_nanos,
+                until_unix_nanos,
+            } => {
+                let r = self
+                    .store
+                    .seq_range_by_time(log, *since_unix_nanos, *until_unix_nanos)?;
+                (r.start..r.end.min(size)).collect()
+            }
+            Query::Subject { subject } => self
+                .store
+                .seqs_by_subject(log, subject, 0, usize::MAX)?
+                .into_iter()
+                .filter(|s| *s < size)
+                .collect(),
+        };
+        let io = |e: std::io::Error| ReadError::Invalid(format!("writing the bundle: {e}"));
+        let nodes = LogNodes {
+            store: self.store.as_ref(),
+            log,
+        };
+        let mut w = BundleWriter::new(out, log, &config.origin, query, &checkpoint).map_err(io)?;
+        for chunk in seqs.chunks(CHUNK) {
+            let proofs = merkle::inclusion_proofs::<Blake3>(&nodes, chunk.iter().copied(), size)?;
+            for (seq, proof) in chunk.iter().zip(proofs) {
+                let e = self
+                    .store
+                    .entry(log, *seq)?
+                    .ok_or_else(|| ReadError::NotFound(format!("seq {seq} not found")))?;
+                w.entry(&BundleEntry {
+                    encoding: e
+                        .entry
+                        .encode()
+                        .map_err(|x| ReadError::Invalid(x.to_string()))?,
+                    state: match e.state {
+                        crate::store::PayloadState::Present => "present",
+                        crate::store::PayloadState::Erased => "erased",
+                        crate::store::PayloadState::Expired => "expired",
+                    },
+                    salt: e.salt,
+                    payload: e.payload,
+                    proof,
+                })
+                .map_err(io)?;
+            }
+        }
+        // The seals of every segment the entries fall in.
+        for seg in self.store.segments(log)? {
+            let Some(seal) = seg.seal else { continue };
+            let touched = seqs
+                .binary_search(&seg.first_seq)
+                .map_or_else(|i| seqs.get(i).is_some_and(|s| *s < seg.end_seq), |_| true);
+            if !touched || seg.end_seq > size {
+                continue;
+            }
+            let proof = if seg.end_seq == 0 || seg.end_seq == size {
+                Vec::new()
+            } else {
+                merkle::consistency_proof::<Blake3>(&nodes, seg.end_seq, size)?
+            };
+            w.seal(&seal, &proof).map_err(io)?;
+        }
+        if let Some(old) = since {
+            let (text, _) = crate::core::note::parse(old)
+                .map_err(|e| ReadError::Invalid(format!("since checkpoint: {e}")))?;
+            let old_cp = crate::core::checkpoint::Checkpoint::from_text(&text)
+                .map_err(|e| ReadError::Invalid(format!("since checkpoint: {e}")))?;
+            if old_cp.origin != config.origin {
+                return Err(ReadError::Invalid(format!(
+                    "since checkpoint is for {:?}, not this log",
+                    old_cp.origin
+                )));
+            }
+            if old_cp.size == 0 || old_cp.size > size {
+                return Err(ReadError::Invalid(format!(
+                    "since checkpoint has size {}, the log has {size} entries",
+                    old_cp.size
+                )));
+            }
+            let proof = merkle::consistency_proof::<Blake3>(&nodes, old_cp.size, size)?;
+            w.since(old, &proof).map_err(io)?;
+        }
+        w.finish().map_err(io)?;
+        Ok(())
+    }
+
     /// Stops every log thread after it has answered what was queued.
     pub fn shutdown(&self) {
         for rt in self.logs.values() {
