@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use auditlog::keys;
 
+mod cli_client;
+
 /// auditlog: a tamper-evident audit-log store with offline-verifiable evidence.
 #[derive(Parser)]
 #[command(name = "auditlog", version, about, long_about = None)]
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Client(cli_client::ClientCommand),
     /// Run the gRPC service.
     ///
     /// With no options: data in ./auditlog-data, one log named "default",
@@ -152,6 +156,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(c) => match cli_client::run(c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                match e.downcast_ref::<tonic::Status>() {
+                    Some(s) => eprintln!("auditlog: {:?}: {}", s.code(), s.message()),
+                    None => eprintln!("auditlog: {e}"),
+                }
+                ExitCode::from(2)
+            }
+        },
         Command::Verify {
             file,
             key,

@@ -530,3 +530,75 @@ async fn export_then_verify_offline_with_the_cli() {
         String::from_utf8_lossy(&store.stdout)
     );
 }
+
+#[test]
+fn client_verbs_of_the_cli() {
+    let server = start(None);
+    let url = format!("http://{}", server.addr);
+    let cli = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditlog"))
+            .args(args)
+            .args(["--server", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let append = [
+        "append",
+        "--subject",
+        "order:1",
+        "--actor",
+        "buyer:1",
+        "--kind",
+        "prompt",
+        "--attr",
+        "gig=g-9",
+        "--idempotency-key",
+        "k-1",
+    ];
+    let (code, out, err) = cli(&append, b"from stdin");
+    assert_eq!(code, Some(0), "{err}");
+    let receipt: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (receipt["seq"].as_u64(), receipt["duplicate"].as_bool()),
+        (Some(0), Some(false))
+    );
+    let (_, out, _) = cli(&append, b"from stdin");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["duplicate"],
+        true
+    );
+    let (code, _, err) = cli(&append, b"different");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("AlreadyExists"), "{err}");
+
+    let (_, out, _) = cli(&["get", "--seq", "0"], b"");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["payload"]["text"], "from stdin");
+    assert_eq!(e["attributes"]["gig"], "g-9");
+    assert_eq!(e["leaf_hash"], receipt["leaf_hash"]);
+
+    let (_, cp, _) = cli(&["checkpoint"], b"");
+    assert!(
+        Checkpoint::open(&cp, &[server.verifier()], Some("localhost/default")).is_ok(),
+        "{cp}"
+    );
+    let (_, sealed, _) = cli(&["seal"], b"");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&sealed).unwrap()["end_seq"],
+        1
+    );
+    let (_, segs, _) = cli(&["segments"], b"");
+    assert_eq!(segs.lines().count(), 2);
+    server.stop();
+}
