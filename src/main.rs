@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use auditlog::keys;
 
 mod cli_client;
+mod loadgen;
 
 /// auditlog: a tamper-evident audit-log store with offline-verifiable evidence.
 #[derive(Parser)]
@@ -133,6 +134,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Load generator: durable appends over gRPC against a running server,
+    /// with a raw file + fdatasync baseline measured in the same run.
+    ///
+    /// Example: auditlog bench --concurrency 64 --batch 1 --seconds 10
+    ///          auditlog bench --mode stream --concurrency 4 --batch 64
+    Bench(loadgen::BenchArgs),
     /// Test harness: appends to log "orders" from several threads forever,
     /// printing "ACK <seq> <leaf hash hex>" once each entry is durable. The
     /// crash tests kill it with SIGKILL and check every ACK survived.
@@ -156,6 +163,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => match loadgen::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("auditlog bench: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Client(c) => match cli_client::run(c) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -108,7 +108,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .add_service(reflection)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // No Nagle: a receipt is a small write the client waits for;
+            // delayed ACKs would add 40 ms to every unary append.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown_signal(),
         )
         .await?;

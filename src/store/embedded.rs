@@ -102,7 +102,7 @@ struct LogFiles {
     /// Idempotency keys appended but not yet in the keyed index.
     pending_keys: Arc<Mutex<HashMap<String, u64>>>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
-    indexer: Mutex<Option<mpsc::Sender<IndexJob>>>,
+    indexer: Mutex<Option<mpsc::SyncSender<IndexJob>>>,
     indexer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -144,6 +144,12 @@ impl LogFiles {
 /// of `indexed_size`).
 const INDEX_SYNC_EVERY: Duration = Duration::from_millis(1000);
 
+/// Most index jobs queued for a log's indexer.
+const INDEX_QUEUE_JOBS: usize = 64;
+
+/// Most entries the indexer applies to sled in one batch.
+const MAX_INDEX_BATCH_ENTRIES: usize = 2048;
+
 /// How long a reader waits for the keyed index to catch up.
 const INDEX_WAIT: Duration = Duration::from_secs(30);
 
@@ -164,9 +170,15 @@ fn run_indexer(
         let first = rx.recv_timeout(INDEX_SYNC_EVERY);
         let closed = matches!(first, Err(RecvTimeoutError::Disconnected));
         if let Ok(first) = first {
-            // Everything queued goes into one sled batch.
+            // What is queued goes into one sled batch, up to a bound: sled's
+            // memory balloons with very large batches.
             let mut jobs = vec![first];
-            while let Ok(j) = rx.try_recv() {
+            let mut entries = 0;
+            while entries < MAX_INDEX_BATCH_ENTRIES {
+                let Ok(j) = rx.try_recv() else { break };
+                if let IndexJob::Batch { entries: e, .. } = &j {
+                    entries += e.len();
+                }
                 jobs.push(j);
             }
             let mut groups: Vec<KeyedGroup<'_>> = Vec::new();
@@ -315,6 +327,8 @@ impl EmbeddedStore {
             match sled::Config::new()
                 .path(root.join("index").join("sled"))
                 .flush_every_ms(Some(1000))
+                .cache_capacity(64 << 20)
+                .mode(sled::Mode::LowSpace)
                 .open()
             {
                 Err(sled::Error::Io(e))
@@ -1212,7 +1226,8 @@ impl EmbeddedStore {
             }),
             Condvar::new(),
         ));
-        let (tx, rx) = mpsc::channel();
+        // Bounded: when sled falls behind, appends wait rather than memory grow.
+        let (tx, rx) = mpsc::sync_channel(INDEX_QUEUE_JOBS);
         let thread = {
             let (index, pending_keys, progress) =
                 (index.clone(), pending_keys.clone(), progress.clone());

@@ -1,0 +1,212 @@
+//! `auditlog bench`: a load generator against a running server.
+//!
+//! Measures durable appends over real gRPC (unary or streamed, any
+//! concurrency, batch and payload size), and, in the same run, a raw
+//! baseline: the same bytes appended to a file in the current directory
+//! with `fdatasync` per batch. Prints entries/s, MB/s, latency percentiles
+//! and the ratio to the baseline: on shared machines only ratios measured in
+//! one run compare.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use auditlog::proto;
+use auditlog::proto::audit_log_client::AuditLogClient;
+
+/// Options of `auditlog bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "AUDITLOG_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// Log to append to.
+    #[arg(long, default_value = "default")]
+    pub log: String,
+    /// `unary` (Append) or `stream` (AppendStream).
+    #[arg(long, default_value = "unary")]
+    pub mode: String,
+    /// Concurrent appenders (unary) or streams.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Entries per request.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Payload bytes per entry.
+    #[arg(long, default_value_t = 1024)]
+    pub payload_bytes: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Skip the raw file baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+fn request(log: &str, batch: usize, payload: &[u8], t: usize) -> proto::AppendRequest {
+    proto::AppendRequest {
+        log: log.to_owned(),
+        entries: (0..batch)
+            .map(|_| proto::EntryInput {
+                subject: format!("order:{t}"),
+                actor: "loadgen".into(),
+                kind: "prompt".into(),
+                content_type: "application/octet-stream".into(),
+                payload: payload.to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// Raw baseline: the same payload bytes appended and `fdatasync`ed per
+/// batch, in a temporary file of the current directory.
+fn raw_baseline(batch: usize, payload_bytes: usize, seconds: f64) -> std::io::Result<f64> {
+    let path = std::env::current_dir()?.join(format!(".auditlog-bench-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path)?;
+    let buf = vec![0x5au8; (payload_bytes + 300) * batch];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        n += batch as u64;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+/// Runs the load and prints the report.
+///
+/// # Errors
+/// Connection failures, or a request that fails.
+pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (count, lat, elapsed) = runtime.block_on(load(&args))?;
+    let rate = count as f64 / elapsed;
+    let mut lat = lat;
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0
+    };
+    println!(
+        "{} x{} batch {} payload {} B: {:.0} entries/s, {:.1} MB/s, latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms",
+        args.mode,
+        args.concurrency,
+        args.batch,
+        args.payload_bytes,
+        rate,
+        rate * args.payload_bytes as f64 / 1e6,
+        pct(0.5),
+        pct(0.99),
+        pct(0.999)
+    );
+    if !args.no_baseline {
+        let raw = raw_baseline(args.batch, args.payload_bytes, args.seconds.min(5.0))?;
+        println!(
+            "raw file append + fdatasync, batch {}: {:.0} entries/s; auditlog / raw = {:.2}",
+            args.batch,
+            raw,
+            rate / raw
+        );
+    }
+    Ok(())
+}
+
+type LoadResult = (u64, Vec<u64>, f64);
+
+async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>> {
+    let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
+        .connect()
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let payload = vec![0xabu8; args.payload_bytes];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..args.concurrency {
+        let client = AuditLogClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (stop, count, lat, payload, a) = (
+            stop.clone(),
+            count.clone(),
+            lat.clone(),
+            payload.clone(),
+            args.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut mine = Vec::new();
+            if a.mode == "stream" {
+                // Keep a window of requests in flight on one stream.
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                let sent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+                let producer = {
+                    let (stop, sent, log, payload) =
+                        (stop.clone(), sent.clone(), a.log.clone(), payload.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            sent.lock().expect("sent lock").push_back(Instant::now());
+                            if tx.send(request(&log, a.batch, &payload, t)).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                };
+                let mut responses = client
+                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                while let Some(r) = responses.message().await? {
+                    let t0 = sent.lock().expect("sent lock").pop_front();
+                    if let Some(t0) = t0 {
+                        mine.push(t0.elapsed().as_micros() as u64);
+                    }
+                    count.fetch_add(r.receipts.len() as u64, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) && sent.lock().expect("sent lock").is_empty() {
+                        break;
+                    }
+                }
+                producer.abort();
+            } else {
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let r = client
+                        .append(request(&a.log, a.batch, &payload, t))
+                        .await?
+                        .into_inner();
+                    mine.push(t0.elapsed().as_micros() as u64);
+                    count.fetch_add(r.receipts.len() as u64, Ordering::Relaxed);
+                }
+            }
+            lat.lock().expect("lat lock").extend(mine);
+            Ok::<(), tonic::Status>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let done = count.load(Ordering::Relaxed);
+    for t in tasks {
+        // A stream cut at shutdown is not a failure of the measurement.
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let lat = std::mem::take(&mut *lat.lock().expect("lat lock"));
+    Ok((done, lat, elapsed))
+}
