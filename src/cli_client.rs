@@ -16,7 +16,7 @@ use auditlog::proto;
 use auditlog::proto::audit_log_client::AuditLogClient;
 
 /// Where the server is.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
     /// Server URL.
     #[arg(

@@ -20,16 +20,9 @@ use auditlog::proto::audit_log_client::AuditLogClient;
 /// Options of `auditlog bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Server URL.
-    #[arg(
-        long,
-        env = "AUDITLOG_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
-    /// Log to append to.
-    #[arg(long, default_value = "default")]
-    pub log: String,
+    /// Server and log.
+    #[command(flatten)]
+    pub at: crate::cli_client::ServerArgs,
     /// `unary` (Append) or `stream` (AppendStream).
     #[arg(long, default_value = "unary")]
     pub mode: String,
@@ -130,7 +123,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 type LoadResult = (u64, Vec<u64>, f64);
 
 async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>> {
-    let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
+    let channel = tonic::transport::Endpoint::from_shared(args.at.server.clone())?
         .connect()
         .await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -158,8 +151,12 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
                 let sent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
                 let producer = {
-                    let (stop, sent, log, payload) =
-                        (stop.clone(), sent.clone(), a.log.clone(), payload.clone());
+                    let (stop, sent, log, payload) = (
+                        stop.clone(),
+                        sent.clone(),
+                        a.at.log.clone(),
+                        payload.clone(),
+                    );
                     tokio::spawn(async move {
                         while !stop.load(Ordering::Relaxed) {
                             sent.lock().expect("sent lock").push_back(Instant::now());
@@ -188,7 +185,7 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let r = client
-                        .append(request(&a.log, a.batch, &payload, t))
+                        .append(request(&a.at.log, a.batch, &payload, t))
                         .await?
                         .into_inner();
                     mine.push(t0.elapsed().as_micros() as u64);
