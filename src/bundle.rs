@@ -304,209 +304,107 @@ pub fn verify_bundle(
     let mut seqs = Vec::new();
     let mut ended = None;
     let mut since_proven = false;
-    while let Some(line) = lines.next() {
-        let n = lines.line;
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                report.add(Verdict::Malformed, &log, None, None, "line", e);
-                break;
+    // Lines are parsed and their entries checked (decoding, hashes, proof,
+    // commitment: everything that needs no other line) in parallel, a chunk
+    // at a time; what depends on order (chain links, seals, the end) is then
+    // checked here, line by line.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    let mut chunk: Vec<(usize, Result<String, String>)> = Vec::with_capacity(CHUNK_LINES);
+    let mut done = false;
+    while !done {
+        chunk.clear();
+        while chunk.len() < CHUNK_LINES {
+            match lines.next() {
+                Some(l) => chunk.push((lines.line, l)),
+                None => {
+                    done = true;
+                    break;
+                }
             }
-        };
-        if ended.is_some() {
-            report.add(
-                Verdict::Malformed,
-                &log,
-                None,
-                None,
-                "end",
-                format!("line {n} after the end line"),
-            );
-            break;
         }
-        let parsed: Line = match serde_json::from_str(&line) {
-            Ok(p) => p,
-            Err(e) => {
-                report.add(
-                    Verdict::Malformed,
-                    &log,
-                    None,
-                    None,
-                    "line",
-                    format!("line {n}: {e}"),
-                );
-                continue;
-            }
-        };
-        match parsed {
-            Line::Entry {
-                encoding,
-                payload_state,
-                salt,
-                payload,
-                inclusion_proof,
-            } => {
-                let Some(enc) = unb64(&encoding) else {
+        let checked = precheck_all(&chunk, threads, &header.origin, &cp);
+        for ((n, _), pre) in chunk.iter().zip(checked) {
+            let n = *n;
+            let parsed = match pre {
+                Pre::Unreadable(e) => {
+                    report.add(Verdict::Malformed, &log, None, None, "line", e);
+                    done = true;
+                    break;
+                }
+                _ if ended.is_some() => {
                     report.add(
                         Verdict::Malformed,
                         &log,
                         None,
                         None,
-                        "encoding",
-                        format!("line {n}: not base64"),
+                        "end",
+                        format!("line {n} after the end line"),
+                    );
+                    done = true;
+                    break;
+                }
+                Pre::NotJson(e) => {
+                    report.add(
+                        Verdict::Malformed,
+                        &log,
+                        None,
+                        None,
+                        "line",
+                        format!("line {n}: {e}"),
                     );
                     continue;
-                };
-                let entry = match Entry::decode(&enc) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        report.add(
-                            Verdict::Malformed,
-                            &log,
-                            None,
-                            None,
-                            "encoding",
-                            format!("line {n}: {e}"),
-                        );
-                        continue;
-                    }
-                };
-                report.entries_checked += 1;
-                let seq = entry.seq;
-                let leaf = leaf_hash_of_encoding(&enc);
-                if entry.origin != header.origin {
-                    report.add(
-                        Verdict::ChainBroken,
-                        &log,
-                        Some(seq),
-                        None,
-                        "origin",
-                        format!(
-                            "entry of log {:?} in a bundle of {:?}",
-                            entry.origin, header.origin
-                        ),
-                    );
                 }
-                match proof_of(&inclusion_proof) {
-                    None => report.add(
-                        Verdict::Malformed,
-                        &log,
-                        Some(seq),
-                        None,
-                        "inclusion_proof",
-                        "not a list of 32-byte base64 hashes",
-                    ),
-                    Some(p) => {
-                        if let Err(e) =
-                            verify_inclusion::<Blake3>(seq, cp.size, &leaf, &p, &cp.root)
-                        {
+                Pre::Entry(check) => {
+                    report.findings.extend(check.findings.into_iter().map(
+                        |(verdict, seq, field, detail)| crate::verify::Finding {
+                            verdict,
+                            log: log.clone(),
+                            seq,
+                            segment: None,
+                            field: field.to_owned(),
+                            detail,
+                        },
+                    ));
+                    let Some((seq, leaf, prev_link)) = check.decoded else {
+                        continue;
+                    };
+                    report.entries_checked += 1;
+                    if let Some((pseq, pleaf)) = prev {
+                        if seq <= pseq {
                             report.add(
-                                Verdict::BadProof,
+                                Verdict::ChainBroken,
                                 &log,
                                 Some(seq),
                                 None,
-                                "inclusion_proof",
-                                e.to_string(),
+                                "seq",
+                                format!("entry {seq} after entry {pseq}: out of order or repeated"),
+                            );
+                        } else if seq == pseq + 1 && prev_link != pleaf {
+                            report.add(
+                                Verdict::ChainBroken,
+                                &log,
+                                Some(seq),
+                                None,
+                                "prev_leaf_hash",
+                                "does not link to the previous entry",
                             );
                         }
                     }
+                    prev = Some((seq, leaf));
+                    seqs.push(seq);
+                    summary.entries += 1;
+                    continue;
                 }
-                match (payload_state.as_str(), salt, payload) {
-                    ("present", Some(salt), Some(payload)) => {
-                        match (
-                            unb64(&salt).and_then(|s| <[u8; 32]>::try_from(s).ok()),
-                            unb64(&payload),
-                        ) {
-                            (Some(s), Some(p)) => {
-                                if p.len() as u64 != entry.payload_len {
-                                    report.add(
-                                        Verdict::HashMismatch,
-                                        &log,
-                                        Some(seq),
-                                        None,
-                                        "payload",
-                                        format!(
-                                            "{} bytes, the entry says {}",
-                                            p.len(),
-                                            entry.payload_len
-                                        ),
-                                    );
-                                } else if commit_payload(&Salt(s), &p) != entry.payload_commitment {
-                                    report.add(
-                                        Verdict::HashMismatch,
-                                        &log,
-                                        Some(seq),
-                                        None,
-                                        "payload",
-                                        "payload and salt do not match the commitment",
-                                    );
-                                }
-                            }
-                            _ => report.add(
-                                Verdict::Malformed,
-                                &log,
-                                Some(seq),
-                                None,
-                                "payload",
-                                "salt or payload is not base64 (or salt is not 32 bytes)",
-                            ),
-                        }
-                    }
-                    ("erased", None, None) => report.add(
-                        Verdict::Erased,
-                        &log,
-                        Some(seq),
-                        None,
-                        "payload",
-                        "payload erased; its commitment still verifies",
-                    ),
-                    ("expired", None, None) => report.add(
-                        Verdict::Expired,
-                        &log,
-                        Some(seq),
-                        None,
-                        "payload",
-                        "payload expired; its commitment still verifies",
-                    ),
-                    (s, _, _) => report.add(
-                        Verdict::Malformed,
-                        &log,
-                        Some(seq),
-                        None,
-                        "payload_state",
-                        format!("state {s:?} with inconsistent salt/payload fields"),
-                    ),
-                }
-                if let Some((pseq, pleaf)) = prev {
-                    if seq <= pseq {
-                        report.add(
-                            Verdict::ChainBroken,
-                            &log,
-                            Some(seq),
-                            None,
-                            "seq",
-                            format!("entry {seq} after entry {pseq}: out of order or repeated"),
-                        );
-                    } else if seq == pseq + 1 && entry.prev_leaf_hash != pleaf {
-                        report.add(
-                            Verdict::ChainBroken,
-                            &log,
-                            Some(seq),
-                            None,
-                            "prev_leaf_hash",
-                            "does not link to the previous entry",
-                        );
-                    }
-                }
-                prev = Some((seq, leaf));
-                seqs.push(seq);
-                summary.entries += 1;
-            }
-            Line::Seal {
-                seal,
-                consistency_proof,
-            } => {
-                match Seal::open(&seal, keys) {
+                Pre::Other(line) => line,
+            };
+            match parsed {
+                Line::Entry { .. } => unreachable!("entries are handled above"),
+                Line::Seal {
+                    seal,
+                    consistency_proof,
+                } => match Seal::open(&seal, keys) {
                     Err(e) => {
                         let v = match &e {
                             crate::core::seal::SealError::Note(n) => note_verdict(n),
@@ -558,14 +456,13 @@ pub fn verify_bundle(
                             }
                         }
                     }
-                }
-            }
-            Line::Since {
-                checkpoint,
-                consistency_proof,
-            } => {
-                let given = since.unwrap_or(checkpoint.as_str());
-                match Checkpoint::open(given, keys, Some(&header.origin)) {
+                },
+                Line::Since {
+                    checkpoint,
+                    consistency_proof,
+                } => {
+                    let given = since.unwrap_or(checkpoint.as_str());
+                    match Checkpoint::open(given, keys, Some(&header.origin)) {
                     Err(e) => report.add(Verdict::BadSignature, &log, None, None, "since", e.to_string()),
                     Ok((old, _)) => match proof_of(&consistency_proof) {
                         None => report.add(Verdict::Malformed, &log, None, None, "since", "bad consistency proof encoding"),
@@ -575,8 +472,9 @@ pub fn verify_bundle(
                         },
                     },
                 }
+                }
+                Line::End { entries } => ended = Some(entries),
             }
-            Line::End { entries } => ended = Some(entries),
         }
     }
     match ended {
@@ -602,6 +500,9 @@ pub fn verify_bundle(
         Some(_) => {}
     }
     if let Query::SeqRange { from_seq, to_seq } = header.query {
+        // Reordered entries are reported above; here only absence counts.
+        seqs.sort_unstable();
+        seqs.dedup();
         let want: Vec<u64> = (from_seq..to_seq.min(cp.size)).collect();
         for missing in want
             .iter()
@@ -629,6 +530,204 @@ pub fn verify_bundle(
         );
     }
     (report, summary)
+}
+
+/// Lines parsed and checked per parallel round.
+const CHUNK_LINES: usize = 2048;
+
+/// A line after the order-independent work.
+enum Pre {
+    /// The line could not be read (too long, not UTF-8, I/O).
+    Unreadable(String),
+    /// Not JSON of a known line type.
+    NotJson(String),
+    /// An entry with its independent checks done.
+    Entry(EntryCheck),
+    /// Any other line, for the ordered pass.
+    Other(Line),
+}
+
+/// Findings of one entry line: (verdict, seq, field, detail).
+type EntryFinding = (Verdict, Option<u64>, &'static str, String);
+
+/// Result of the order-independent checks of one entry line.
+struct EntryCheck {
+    /// Seq, leaf hash and `prev_leaf_hash` when the encoding decoded.
+    decoded: Option<(u64, Hash, Hash)>,
+    findings: Vec<EntryFinding>,
+}
+
+fn precheck_all(
+    chunk: &[(usize, Result<String, String>)],
+    threads: usize,
+    origin: &str,
+    cp: &Checkpoint,
+) -> Vec<Pre> {
+    let one = |(n, l): &(usize, Result<String, String>)| match l {
+        Err(e) => Pre::Unreadable(e.clone()),
+        Ok(text) => match serde_json::from_str::<Line>(text) {
+            Err(e) => Pre::NotJson(e.to_string()),
+            Ok(Line::Entry {
+                encoding,
+                payload_state,
+                salt,
+                payload,
+                inclusion_proof,
+            }) => Pre::Entry(check_entry(
+                *n,
+                &encoding,
+                &payload_state,
+                salt.as_deref(),
+                payload.as_deref(),
+                &inclusion_proof,
+                origin,
+                cp,
+            )),
+            Ok(other) => Pre::Other(other),
+        },
+    };
+    if threads <= 1 || chunk.len() < 64 {
+        return chunk.iter().map(one).collect();
+    }
+    let per = chunk.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunk
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                // A panic here would be a bug; report it as unreadable input
+                // rather than abort the reviewer's run.
+                Err(_) => vec![Pre::Unreadable("internal error while checking".into())],
+            })
+            .collect()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_entry(
+    n: usize,
+    encoding: &str,
+    payload_state: &str,
+    salt: Option<&str>,
+    payload: Option<&str>,
+    inclusion_proof: &[String],
+    origin: &str,
+    cp: &Checkpoint,
+) -> EntryCheck {
+    let mut findings: Vec<EntryFinding> = Vec::new();
+    let Some(enc) = unb64(encoding) else {
+        findings.push((
+            Verdict::Malformed,
+            None,
+            "encoding",
+            format!("line {n}: not base64"),
+        ));
+        return EntryCheck {
+            decoded: None,
+            findings,
+        };
+    };
+    let entry = match Entry::decode(&enc) {
+        Ok(e) => e,
+        Err(e) => {
+            findings.push((
+                Verdict::Malformed,
+                None,
+                "encoding",
+                format!("line {n}: {e}"),
+            ));
+            return EntryCheck {
+                decoded: None,
+                findings,
+            };
+        }
+    };
+    let seq = entry.seq;
+    let leaf = leaf_hash_of_encoding(&enc);
+    if entry.origin != origin {
+        findings.push((
+            Verdict::ChainBroken,
+            Some(seq),
+            "origin",
+            format!("entry of log {:?} in a bundle of {origin:?}", entry.origin),
+        ));
+    }
+    match proof_of(inclusion_proof) {
+        None => findings.push((
+            Verdict::Malformed,
+            Some(seq),
+            "inclusion_proof",
+            "not a list of 32-byte base64 hashes".into(),
+        )),
+        Some(p) => {
+            if let Err(e) = verify_inclusion::<Blake3>(seq, cp.size, &leaf, &p, &cp.root) {
+                findings.push((
+                    Verdict::BadProof,
+                    Some(seq),
+                    "inclusion_proof",
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    match (payload_state, salt, payload) {
+        ("present", Some(salt), Some(payload)) => {
+            match (
+                unb64(salt).and_then(|s| <[u8; 32]>::try_from(s).ok()),
+                unb64(payload),
+            ) {
+                (Some(s), Some(p)) => {
+                    if p.len() as u64 != entry.payload_len {
+                        findings.push((
+                            Verdict::HashMismatch,
+                            Some(seq),
+                            "payload",
+                            format!("{} bytes, the entry says {}", p.len(), entry.payload_len),
+                        ));
+                    } else if commit_payload(&Salt(s), &p) != entry.payload_commitment {
+                        findings.push((
+                            Verdict::HashMismatch,
+                            Some(seq),
+                            "payload",
+                            "payload and salt do not match the commitment".into(),
+                        ));
+                    }
+                }
+                _ => findings.push((
+                    Verdict::Malformed,
+                    Some(seq),
+                    "payload",
+                    "salt or payload is not base64 (or salt is not 32 bytes)".into(),
+                )),
+            }
+        }
+        ("erased", None, None) => findings.push((
+            Verdict::Erased,
+            Some(seq),
+            "payload",
+            "payload erased; its commitment still verifies".into(),
+        )),
+        ("expired", None, None) => findings.push((
+            Verdict::Expired,
+            Some(seq),
+            "payload",
+            "payload expired; its commitment still verifies".into(),
+        )),
+        (s, _, _) => findings.push((
+            Verdict::Malformed,
+            Some(seq),
+            "payload_state",
+            format!("state {s:?} with inconsistent salt/payload fields"),
+        )),
+    }
+    EntryCheck {
+        decoded: Some((seq, leaf, entry.prev_leaf_hash)),
+        findings,
+    }
 }
 
 struct BoundedLines<R> {

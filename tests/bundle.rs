@@ -355,3 +355,55 @@ fn write_fixture_when_asked() {
     )
     .unwrap();
 }
+
+#[test]
+fn large_bundles_are_checked_in_parallel_with_the_same_findings() {
+    // More lines than one parallel round, so several chunks and threads.
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(1));
+    for i in 0..50 {
+        let batch = (0..100)
+            .map(|j| input("order:7", &format!("entry {i}/{j}")))
+            .collect();
+        f.engine.append_blocking("orders", batch).unwrap();
+    }
+    let mut out = Vec::new();
+    f.engine
+        .export(
+            "orders",
+            Query::SeqRange {
+                from_seq: 0,
+                to_seq: 5000,
+            },
+            None,
+            &mut out,
+        )
+        .unwrap();
+    let lines: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok = check(&lines, None);
+    assert!(ok.is_valid(), "{:?}", ok.findings);
+    assert_eq!(ok.entries_checked, 5000);
+
+    let mut bad = lines.clone();
+    let es = entries(&bad);
+    flip_b64(&mut bad[es[3001]]["payload"], 2);
+    bad.swap(es[4500], es[4501]);
+    let r = check(&bad, None);
+    let got: Vec<(Verdict, Option<u64>, &str)> = r
+        .failures()
+        .map(|f| (f.verdict, f.seq, f.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Verdict::HashMismatch, Some(3001), "payload"),
+            (Verdict::ChainBroken, Some(4500), "seq"),
+        ],
+        "{:#?}",
+        r.findings
+    );
+}
