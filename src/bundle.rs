@@ -27,7 +27,7 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{proof_from_bytes, verify_consistency, verify_inclusion};
 use crate::core::note::VerifierKey;
 use crate::core::seal::Seal;
-use crate::verify::store::note_verdict;
+use crate::verify::store::{checkpoint_verdict, seal_verdict};
 use crate::verify::{Report, Verdict};
 
 /// Value of the header's `format` field.
@@ -289,11 +289,14 @@ pub fn verify_bundle(
     let cp = match Checkpoint::open(&header.checkpoint, keys, Some(&header.origin)) {
         Ok((cp, _)) => cp,
         Err(e) => {
-            let v = match &e {
-                crate::core::checkpoint::CheckpointError::Note(n) => note_verdict(n),
-                _ => Verdict::Malformed,
-            };
-            report.add(v, &log, None, None, "checkpoint", e.to_string());
+            report.add(
+                checkpoint_verdict(&e),
+                &log,
+                None,
+                None,
+                "checkpoint",
+                e.to_string(),
+            );
             return (report, summary);
         }
     };
@@ -406,11 +409,7 @@ pub fn verify_bundle(
                     consistency_proof,
                 } => match Seal::open(&seal, keys) {
                     Err(e) => {
-                        let v = match &e {
-                            crate::core::seal::SealError::Note(n) => note_verdict(n),
-                            _ => Verdict::Malformed,
-                        };
-                        report.add(v, &log, None, None, "seal", e.to_string());
+                        report.add(seal_verdict(&e), &log, None, None, "seal", e.to_string());
                     }
                     Ok((s, _)) => {
                         report.seals_checked += 1;

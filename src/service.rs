@@ -383,27 +383,21 @@ impl AuditLog for Service {
             return Err(Status::not_found(format!("unknown log {:?}", r.log)));
         }
         blocking(move || {
-            let mut report = crate::verify::Report::default();
-            let logs_dir = dir.join("logs");
-            let names: Vec<String> = if r.log.is_empty() {
-                let mut v: Vec<String> = std::fs::read_dir(&logs_dir)
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .collect();
-                v.sort();
-                v
+            let internal = |e: std::io::Error| Status::internal(e.to_string());
+            let report = if r.log.is_empty() {
+                crate::verify::store::verify_data_dir(&dir, std::slice::from_ref(&key))
+                    .map_err(internal)?
             } else {
-                vec![r.log.clone()]
-            };
-            for name in names {
+                let mut report = crate::verify::Report::default();
                 crate::verify::store::verify_log_dir(
-                    &logs_dir.join(&name),
-                    &name,
+                    &dir.join("logs").join(&r.log),
+                    &r.log,
                     std::slice::from_ref(&key),
                     &mut report,
                 )
-                .map_err(|e| Status::internal(e.to_string()))?;
-            }
+                .map_err(internal)?;
+                report
+            };
             Ok(Response::new(proto::VerifyResponse {
                 valid: report.is_valid(),
                 entries_checked: report.entries_checked,

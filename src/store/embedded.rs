@@ -384,37 +384,9 @@ impl EmbeddedStore {
         self.root.join("logs").join(log)
     }
 
-    /// Names of the logs present on disk (whether opened or not).
-    ///
-    /// # Errors
-    /// I/O errors.
-    pub fn logs_on_disk(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("logs")).map_err(io("list logs"))? {
-            let e = e.map_err(io("list logs"))?;
-            if let Some(n) = e.file_name().to_str() {
-                if e.path().is_dir() && is_valid_log_name(n) {
-                    out.push(n.to_owned());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
     /// What recovery cut since the store was opened (drained).
     pub fn take_recoveries(&self) -> Vec<Recovery> {
         std::mem::take(&mut self.recoveries.lock().expect("recoveries lock"))
-    }
-
-    /// Flushes the index to disk (it is rebuilt if lost; this only shortens
-    /// the catch-up after a crash).
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn flush_index(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
     }
 
     fn log(&self, log: &str) -> Result<Arc<LogFiles>, StoreError> {

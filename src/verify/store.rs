@@ -36,14 +36,16 @@ pub fn note_verdict(e: &NoteError) -> Verdict {
     }
 }
 
-fn checkpoint_verdict(e: &CheckpointError) -> Verdict {
+/// Maps a checkpoint error to its verdict.
+pub fn checkpoint_verdict(e: &CheckpointError) -> Verdict {
     match e {
         CheckpointError::Note(n) => note_verdict(n),
         _ => Verdict::Malformed,
     }
 }
 
-fn seal_verdict(e: &SealError) -> Verdict {
+/// Maps a seal error to its verdict.
+pub fn seal_verdict(e: &SealError) -> Verdict {
     match e {
         SealError::Note(n) => note_verdict(n),
         SealError::Discontinuous { .. } => Verdict::ChainBroken,
