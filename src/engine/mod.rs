@@ -534,10 +534,9 @@ impl Engine {
                     .entry(log, *seq)?
                     .ok_or_else(|| ReadError::NotFound(format!("seq {seq} not found")))?;
                 w.entry(&BundleEntry {
-                    encoding: e
-                        .entry
-                        .encode()
-                        .map_err(|x| ReadError::Invalid(x.to_string()))?,
+                    // The bytes the store checked against the leaf hash: no
+                    // re-encoding.
+                    encoding: e.encoding,
                     state: match e.state {
                         crate::store::PayloadState::Present => "present",
                         crate::store::PayloadState::Erased => "erased",

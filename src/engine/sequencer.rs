@@ -150,7 +150,6 @@ impl Sequencer {
         let mut new_nodes =
             NodeMap::with_capacity_and_hasher(entries.len() * 2, Default::default());
         let mut nodes = Vec::with_capacity(entries.len());
-        let mut encoding_buf = Vec::new();
         for p in entries {
             let entry = Entry {
                 origin: next.origin.clone(),
@@ -166,13 +165,11 @@ impl Sequencer {
                 payload_commitment: p.commitment,
                 prev_leaf_hash: next.prev_leaf,
             };
-            encoding_buf.clear();
             // Validated input always encodes: every field is within the
-            // limits, which are far below the format's.
-            entry
-                .encode_into(&mut encoding_buf)
-                .expect("validated entries encode");
-            let leaf = crate::core::entry::leaf_hash_of_encoding(&encoding_buf);
+            // limits, which are far below the format's. (Encoded straight
+            // into the entry's own buffer: no scratch buffer to copy from.)
+            let encoding = entry.encode().expect("validated entries encode");
+            let leaf = crate::core::entry::leaf_hash_of_encoding(&encoding);
             next.tree.append(leaf, |id, h| {
                 new_nodes.insert(id, h);
                 if id.level > 0 {
@@ -185,7 +182,7 @@ impl Sequencer {
             next.size += 1;
             batch_entries.push(BatchEntry {
                 entry,
-                encoding: encoding_buf.clone(),
+                encoding,
                 leaf_hash: leaf,
                 salt: p.salt,
                 payload: p.input.payload,

@@ -1269,6 +1269,7 @@ impl EmbeddedStore {
                 }
                 Ok(Some(StoredEntry {
                     entry,
+                    encoding: e.encoding,
                     leaf_hash: e.leaf_hash,
                     state: e.state,
                     salt: e.salt,

@@ -98,6 +98,8 @@ pub struct Batch {
 pub struct StoredEntry {
     /// Decoded fields.
     pub entry: Entry,
+    /// The canonical encoding as stored (what the leaf hash is over).
+    pub encoding: Vec<u8>,
     /// Leaf hash.
     pub leaf_hash: Hash,
     /// Whether payload and salt are still there.
