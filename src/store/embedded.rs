@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
+use std::ops::ControlFlow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -34,7 +35,8 @@ use crate::core::merkle::{CompactRange, NodeId, NodeReadError, NodeReader};
 use crate::core::note;
 use crate::core::seal::Seal;
 
-use super::index::{DenseEntry, DenseIndex, KeyedEntry, KeyedGroup, Location, LogIndex};
+use super::index::{DenseEntry, DenseIndex, Location, LogIndex};
+use super::postings::{key_hash, EntryKeys, KeyKind, Postings};
 use super::segment::{
     self, encode_entry_record, encode_other_record, list_segments, read_record_at, BadBytes,
     PayloadState, Record, RecordKind, SegmentHeader, SegmentReader, SegmentWriter,
@@ -72,12 +74,8 @@ struct LogState {
 /// append path never writes to sled itself: sled serialises writers, and a
 /// large indexer batch would stall it.
 enum IndexJob {
-    /// A committed batch and its checkpoint.
-    Batch {
-        first_seq: u64,
-        entries: Vec<KeyedEntry>,
-        checkpoint: (u64, String),
-    },
+    /// A committed batch's checkpoint, by tree size.
+    Batch { checkpoint: (u64, String) },
     /// A segment was opened (`seal: None`) or sealed.
     Segment {
         index: u64,
@@ -99,8 +97,9 @@ struct LogFiles {
     dir: PathBuf,
     index: Arc<LogIndex>,
     state: Mutex<LogState>,
-    /// Idempotency keys appended but not yet in the keyed index.
-    pending_keys: Arc<Mutex<HashMap<String, u64>>>,
+    /// Subject, actor and idempotency-key postings (up to date with every
+    /// acknowledged batch).
+    postings: Postings,
     progress: Arc<(Mutex<Progress>, Condvar)>,
     indexer: Mutex<Option<mpsc::SyncSender<IndexJob>>>,
     indexer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -147,8 +146,8 @@ const INDEX_SYNC_EVERY: Duration = Duration::from_millis(1000);
 /// Most index jobs queued for a log's indexer.
 const INDEX_QUEUE_JOBS: usize = 64;
 
-/// Most entries the indexer applies to sled in one batch.
-const MAX_INDEX_BATCH_ENTRIES: usize = 2048;
+/// Most jobs the indexer applies to sled in one batch.
+const MAX_INDEX_BATCH_JOBS: usize = 256;
 
 /// How long a reader waits for the keyed index to catch up.
 const INDEX_WAIT: Duration = Duration::from_secs(30);
@@ -156,7 +155,6 @@ const INDEX_WAIT: Duration = Duration::from_secs(30);
 fn run_indexer(
     index: Arc<LogIndex>,
     rx: mpsc::Receiver<IndexJob>,
-    pending_keys: Arc<Mutex<HashMap<String, u64>>>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
 ) {
     let mut synced_at = Instant::now();
@@ -170,35 +168,21 @@ fn run_indexer(
         let first = rx.recv_timeout(INDEX_SYNC_EVERY);
         let closed = matches!(first, Err(RecvTimeoutError::Disconnected));
         if let Ok(first) = first {
-            // What is queued goes into one sled batch, up to a bound: sled's
-            // memory balloons with very large batches.
+            // What is queued goes into one sled batch, up to a bound.
             let mut jobs = vec![first];
-            let mut entries = 0;
-            while entries < MAX_INDEX_BATCH_ENTRIES {
+            while jobs.len() < MAX_INDEX_BATCH_JOBS {
                 let Ok(j) = rx.try_recv() else { break };
-                if let IndexJob::Batch { entries: e, .. } = &j {
-                    entries += e.len();
-                }
                 jobs.push(j);
             }
-            let mut groups: Vec<KeyedGroup<'_>> = Vec::new();
             let mut end = None;
-            for j in &jobs {
-                if let IndexJob::Batch {
-                    first_seq,
-                    entries,
-                    checkpoint,
-                } = j
-                {
-                    groups.push((
-                        *first_seq,
-                        entries,
-                        Some((checkpoint.0, checkpoint.1.as_str())),
-                    ));
-                    end = Some(first_seq + entries.len() as u64);
+            let checkpoints = jobs.iter().filter_map(|j| match j {
+                IndexJob::Batch { checkpoint } => {
+                    end = Some(checkpoint.0);
+                    Some((checkpoint.0, checkpoint.1.as_str()))
                 }
-            }
-            let applied = index.keyed.add_many(&groups).and_then(|()| {
+                IndexJob::Segment { .. } => None,
+            });
+            let applied = index.keyed.add_checkpoints(checkpoints).and_then(|()| {
                 jobs.iter().try_for_each(|j| match j {
                     IndexJob::Segment {
                         index: seg,
@@ -216,18 +200,6 @@ fn run_indexer(
             if let Err(e) = applied {
                 fail(e);
                 return;
-            }
-            {
-                let mut keys = pending_keys.lock().expect("pending keys lock");
-                for j in &jobs {
-                    if let IndexJob::Batch { entries, .. } = j {
-                        for e in entries {
-                            if !e.idempotency_key.is_empty() {
-                                keys.remove(&e.idempotency_key);
-                            }
-                        }
-                    }
-                }
             }
             let (m, cv) = &*progress;
             let mut p = m.lock().expect("progress lock");
@@ -357,6 +329,10 @@ impl EmbeddedStore {
     /// Directory of a log's dense index files.
     fn dense_dir(&self, log: &str) -> PathBuf {
         self.root.join("index").join("dense").join(log)
+    }
+
+    fn postings_dir(&self, log: &str) -> PathBuf {
+        self.root.join("index").join("postings").join(log)
     }
 
     /// Waits until the keyed index holds everything durable now.
@@ -631,25 +607,15 @@ impl EmbeddedStore {
                                 })
                                 .collect();
                             index.dense.add(next, &dense, &nodes)?;
-                            let keyed: Vec<KeyedEntry> = pending
-                                .iter()
-                                .map(|(_, e, _)| KeyedEntry {
-                                    subject: e.subject.clone(),
-                                    actor: e.actor.clone(),
-                                    idempotency_key: e.idempotency_key.clone(),
-                                })
-                                .collect();
                             let end = next + pending.len() as u64;
-                            index.keyed.add(
-                                next,
-                                &keyed,
-                                (!is_seal).then_some((end, cp.as_str())),
-                            )?;
+                            if !is_seal {
+                                index.keyed.add_checkpoints([(end, cp.as_str())])?;
+                            }
                             next += pending.len() as u64;
                             pending.clear();
                         } else if !is_seal {
                             if let Some(size) = checkpoint_size(&cp) {
-                                index.keyed.add(size, &[], Some((size, cp.as_str())))?;
+                                index.keyed.add_checkpoints([(size, cp.as_str())])?;
                             }
                         }
                         if is_seal {
@@ -723,7 +689,8 @@ impl Store for EmbeddedStore {
             let writer = SegmentWriter::create(&dir, &header)
                 .map_err(io(format!("create segment in {}", dir.display())))?;
             index.keyed.add_segment(0, 0)?;
-            self.install(spec, dir, index, writer, 0, 0, 0);
+            let (postings, _) = Postings::open(&self.postings_dir(&spec.name), 0)?;
+            self.install(spec, dir, index, postings, writer, 0, 0, 0);
             return Ok(LogHead {
                 size: 0,
                 prev_leaf: Hash::ZERO,
@@ -872,7 +839,18 @@ impl Store for EmbeddedStore {
             }
         };
         let latest_checkpoint = index.keyed.latest_checkpoint()?.map(|(_, t)| t);
-        self.install(spec, dir, index, writer, open.index, open.first_seq, size);
+        let (postings, opened) = Postings::open(&self.postings_dir(&spec.name), size)?;
+        Self::catch_up_postings(spec, &index, &postings, &dir, opened.covered, size)?;
+        self.install(
+            spec,
+            dir,
+            index,
+            postings,
+            writer,
+            open.index,
+            open.first_seq,
+            size,
+        );
         Ok(LogHead {
             size,
             prev_leaf,
@@ -965,25 +943,19 @@ impl Store for EmbeddedStore {
             return Err(e);
         }
         let n = batch.entries.len() as u64;
-        {
-            let mut keys = files.pending_keys.lock().expect("pending keys lock");
-            for e in &batch.entries {
-                if !e.entry.idempotency_key.is_empty() {
-                    keys.insert(e.entry.idempotency_key.clone(), e.entry.seq);
-                }
-            }
+        let keys = batch.entries.iter().map(|e| EntryKeys {
+            subject: &e.entry.subject,
+            actor: &e.entry.actor,
+            idempotency_key: &e.entry.idempotency_key,
+        });
+        if let Err(e) = files.postings.add(batch.first_seq, keys) {
+            st.refused = Some((
+                "index".into(),
+                format!("postings update failed: {e}; restart to rebuild"),
+            ));
+            return Err(e);
         }
         let job = IndexJob::Batch {
-            first_seq: batch.first_seq,
-            entries: batch
-                .entries
-                .iter()
-                .map(|e| KeyedEntry {
-                    subject: e.entry.subject.clone(),
-                    actor: e.entry.actor.clone(),
-                    idempotency_key: e.entry.idempotency_key.clone(),
-                })
-                .collect(),
             checkpoint: (batch.first_seq + n, batch.checkpoint.clone()),
         };
         files.send_job(&mut st, job);
@@ -1083,15 +1055,10 @@ impl Store for EmbeddedStore {
 
     fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError> {
         let files = self.log(log)?;
-        if let Some(seq) = files
-            .pending_keys
-            .lock()
-            .expect("pending keys lock")
-            .get(key)
-        {
-            return Ok(Some(*seq));
-        }
-        files.index.keyed.seq_by_idempotency_key(key)
+        let found = self.keyed_seqs(log, &files, KeyKind::Idempotency, key, 0, 1, |e| {
+            e.idempotency_key == key
+        })?;
+        Ok(found.first().copied())
     }
 
     fn seqs_by_subject(
@@ -1102,8 +1069,15 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
         let files = self.log(log)?;
-        self.wait_keyed(&files)?;
-        files.index.keyed.seqs_by_subject(subject, from_seq, limit)
+        self.keyed_seqs(
+            log,
+            &files,
+            KeyKind::Subject,
+            subject,
+            from_seq,
+            limit,
+            |e| e.subject == subject,
+        )
     }
 
     fn seqs_by_actor(
@@ -1114,8 +1088,9 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
         let files = self.log(log)?;
-        self.wait_keyed(&files)?;
-        files.index.keyed.seqs_by_actor(actor, from_seq, limit)
+        self.keyed_seqs(log, &files, KeyKind::Actor, actor, from_seq, limit, |e| {
+            e.actor == actor
+        })
     }
 
     fn seq_range_by_time(
@@ -1183,13 +1158,13 @@ impl EmbeddedStore {
         spec: &LogSpec,
         dir: PathBuf,
         index: LogIndex,
+        postings: Postings,
         writer: SegmentWriter,
         segment: u64,
         segment_first_seq: u64,
         size: u64,
     ) {
         let index = Arc::new(index);
-        let pending_keys = Arc::new(Mutex::new(HashMap::new()));
         let progress = Arc::new((
             Mutex::new(Progress {
                 keyed_size: size,
@@ -1201,11 +1176,10 @@ impl EmbeddedStore {
         // Bounded: when sled falls behind, appends wait rather than memory grow.
         let (tx, rx) = mpsc::sync_channel(INDEX_QUEUE_JOBS);
         let thread = {
-            let (index, pending_keys, progress) =
-                (index.clone(), pending_keys.clone(), progress.clone());
+            let (index, progress) = (index.clone(), progress.clone());
             std::thread::Builder::new()
                 .name(format!("index-{}", spec.name))
-                .spawn(move || run_indexer(index, rx, pending_keys, progress))
+                .spawn(move || run_indexer(index, rx, progress))
                 .ok()
         };
         let files = LogFiles {
@@ -1219,7 +1193,7 @@ impl EmbeddedStore {
                 refused: None,
                 jobs_sent: 0,
             }),
-            pending_keys,
+            postings,
             progress,
             indexer: Mutex::new(Some(tx)),
             indexer_thread: Mutex::new(thread),
@@ -1228,6 +1202,125 @@ impl EmbeddedStore {
             .write()
             .expect("logs lock")
             .insert(spec.name.clone(), Arc::new(files));
+    }
+
+    /// Re-adds postings of entries `[from, size)` from the segment files
+    /// (the dense index, already caught up, says where `from` is).
+    fn catch_up_postings(
+        spec: &LogSpec,
+        index: &LogIndex,
+        postings: &Postings,
+        dir: &Path,
+        from: u64,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        if from >= size {
+            return Ok(());
+        }
+        let Some(start) = index.dense.get(from)? else {
+            return Err(StoreError::Index(format!(
+                "postings catch-up: no location for seq {from}"
+            )));
+        };
+        const CHUNK: usize = 1024;
+        let mut owned: Vec<(String, String, String)> = Vec::with_capacity(CHUNK);
+        let mut chunk_first = from;
+        let flush = |owned: &mut Vec<(String, String, String)>, first: u64| {
+            let keys = owned.iter().map(|(s, a, i)| EntryKeys {
+                subject: s,
+                actor: a,
+                idempotency_key: i,
+            });
+            let r = postings.add(first, keys);
+            owned.clear();
+            r
+        };
+        let mut next = from;
+        let mut seg = start.location.segment;
+        let mut offset = start.location.offset;
+        while next < size {
+            let path = dir.join(segment::segment_file_name(seg));
+            let ctx = || format!("read {}", path.display());
+            let mut r = SegmentReader::open_at(&path, offset).map_err(io(ctx()))?;
+            while next < size {
+                let Some((off, rec)) = r
+                    .next_record()
+                    .map_err(io(ctx()))?
+                    .map_err(|bad| Self::corrupt(&spec.name, &path, &bad))?
+                else {
+                    break;
+                };
+                let Record::Entry(e) = rec else { continue };
+                let entry = e.entry().map_err(|_| {
+                    Self::corrupt(
+                        &spec.name,
+                        &path,
+                        &BadBytes {
+                            offset: off,
+                            reason: "entry does not decode",
+                        },
+                    )
+                })?;
+                if entry.seq != next {
+                    return Err(StoreError::Corrupt {
+                        log: spec.name.clone(),
+                        location: format!("{}:{off}", path.display()),
+                        reason: format!("expected seq {next}, found {}", entry.seq),
+                    });
+                }
+                owned.push((entry.subject, entry.actor, entry.idempotency_key));
+                next += 1;
+                if owned.len() == CHUNK {
+                    flush(&mut owned, chunk_first)?;
+                    chunk_first = next;
+                }
+            }
+            seg += 1;
+            offset = 0;
+        }
+        flush(&mut owned, chunk_first)
+    }
+
+    /// Seqs (at least `from_seq`, at most `limit`, in order) whose entry
+    /// has `key` of `kind`: the postings' candidates, each checked against
+    /// the entry itself (posting hashes can collide).
+    #[allow(clippy::too_many_arguments)]
+    fn keyed_seqs(
+        &self,
+        log: &str,
+        files: &LogFiles,
+        kind: KeyKind,
+        key: &str,
+        from_seq: u64,
+        limit: usize,
+        matches: impl Fn(&crate::core::entry::Entry) -> bool,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut failed = None;
+        files
+            .postings
+            .for_each_candidate(key_hash(kind, key), from_seq, |seq| {
+                match self.read_entry_with(log, &files.dir, &files.index, seq) {
+                    Ok(Some(stored)) if matches(&stored.entry) => out.push(seq),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     fn read_entry_with(

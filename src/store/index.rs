@@ -8,15 +8,18 @@
 //!   path (a `write`, no sync): proofs and reads by seq see a batch as soon as
 //!   it is acknowledged. Timestamps never decrease within a log, so time
 //!   ranges are a binary search over the location records.
-//! - **Keyed** ([`KeyedIndex`]): sled trees for subject → seqs, actor → seqs,
-//!   idempotency key → seq, tree size → checkpoint, segment → (first seq,
-//!   seal). Applied by a background indexer thread, off the append path.
+//! - **Keyed** ([`KeyedIndex`]): sled trees for tree size → checkpoint and
+//!   segment → (first seq, seal). Applied by a background indexer thread,
+//!   off the append path.
+//!
+//! Subject, actor and idempotency-key postings are a third kind, in their
+//! own files: see [`super::postings`].
 //!
 //! Invariants:
 //! - Nothing here is the only copy of anything; deleting `DATA/index`
 //!   loses nothing.
 //! - `indexed_size` (in sled) is written only after the dense files are
-//!   synced up to it and the keyed trees hold it: on start, everything below
+//!   synced up to it and the sled trees hold it: on start, everything below
 //!   it is trusted, everything above it is truncated and recomputed from
 //!   segments.
 //! - Nothing is indexed before it is durable in a segment file.
@@ -273,12 +276,13 @@ impl DenseIndex {
     }
 }
 
-/// The sled trees of one log.
+/// The sled trees of one log: tree size → checkpoint, segment → (first
+/// seq, seal), and the `indexed_size` mark. Few keys (one per batch or
+/// segment), appended in key order: what sled handles well. The keyed
+/// postings (subject, actor, idempotency key) live in
+/// [`super::postings`].
 #[derive(Clone)]
 pub struct KeyedIndex {
-    /// Subject (`s`), actor (`a`) and idempotency key (`i`) postings in one
-    /// tree, so one batch indexes a whole group commit.
-    keys: Tree,
     checkpoints: Tree,
     segments: Tree,
     meta: Tree,
@@ -296,41 +300,24 @@ fn u64_of(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-fn prefixed(tag: u8, s: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + s.len() + 8);
-    k.push(tag);
-    k.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    k.extend_from_slice(s.as_bytes());
-    k
-}
-
-/// The keyed facts of one entry.
-#[derive(Debug, Clone)]
-pub struct KeyedEntry {
-    /// Subject.
-    pub subject: String,
-    /// Actor.
-    pub actor: String,
-    /// Idempotency key (empty for none).
-    pub idempotency_key: String,
-}
-
 impl KeyedIndex {
     /// Opens (creating) the trees of `log` in `db`.
     ///
     /// # Errors
     /// sled errors.
     pub fn open(db: &Db, log: &str) -> Result<KeyedIndex, StoreError> {
-        let t = |name: &str| db.open_tree(format!("{log}\u{0}{name}"));
+        let name = |name: &str| format!("{log}\u{0}{name}");
+        // Earlier builds kept postings in a sled tree `keys`; they now
+        // live in their own files, so drop what an older directory has.
+        db.drop_tree(name("keys"))?;
         Ok(KeyedIndex {
-            keys: t("keys")?,
-            checkpoints: t("checkpoints")?,
-            segments: t("segments")?,
-            meta: t("meta")?,
+            checkpoints: db.open_tree(name("checkpoints"))?,
+            segments: db.open_tree(name("segments"))?,
+            meta: db.open_tree(name("meta"))?,
         })
     }
 
-    /// Entries indexed (dense synced and keyed) so far.
+    /// Entries indexed (dense synced and checkpoints recorded) so far.
     ///
     /// # Errors
     /// sled errors.
@@ -356,53 +343,25 @@ impl KeyedIndex {
     /// # Errors
     /// sled errors.
     pub fn clear(&self) -> Result<(), StoreError> {
-        for t in [&self.keys, &self.checkpoints, &self.segments, &self.meta] {
+        for t in [&self.checkpoints, &self.segments, &self.meta] {
             t.clear()?;
         }
         Ok(())
     }
 
-    /// Indexes the keyed facts of entries from `first_seq`, and the
-    /// checkpoint that closes them.
+    /// Records signed checkpoints by tree size, in one sled batch.
     ///
     /// # Errors
     /// sled errors.
-    pub fn add(
+    pub fn add_checkpoints<'a>(
         &self,
-        first_seq: u64,
-        entries: &[KeyedEntry],
-        checkpoint: Option<(u64, &str)>,
+        checkpoints: impl IntoIterator<Item = (u64, &'a str)>,
     ) -> Result<(), StoreError> {
-        self.add_many(&[(first_seq, entries, checkpoint)])
-    }
-
-    /// Indexes several groups of entries (each with the checkpoint that
-    /// closes it) in one sled batch per tree.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn add_many(&self, groups: &[KeyedGroup<'_>]) -> Result<(), StoreError> {
-        let mut keys = sled::Batch::default();
-        let mut checkpoints = sled::Batch::default();
-        for (first_seq, entries, checkpoint) in groups {
-            for (i, e) in entries.iter().enumerate() {
-                let seq = first_seq + i as u64;
-                let mut k = prefixed(b's', &e.subject);
-                k.extend_from_slice(&be(seq));
-                keys.insert(k, &[]);
-                let mut k = prefixed(b'a', &e.actor);
-                k.extend_from_slice(&be(seq));
-                keys.insert(k, &[]);
-                if !e.idempotency_key.is_empty() {
-                    keys.insert(prefixed(b'i', &e.idempotency_key), &be(seq));
-                }
-            }
-            if let Some((size, cp)) = checkpoint {
-                checkpoints.insert(&be(*size), cp.as_bytes());
-            }
+        let mut batch = sled::Batch::default();
+        for (size, cp) in checkpoints {
+            batch.insert(&be(size), cp.as_bytes());
         }
-        self.keys.apply_batch(keys)?;
-        self.checkpoints.apply_batch(checkpoints)?;
+        self.checkpoints.apply_batch(batch)?;
         Ok(())
     }
 
@@ -445,61 +404,6 @@ impl KeyedIndex {
         Ok(out)
     }
 
-    /// Seq appended with an idempotency key.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn seq_by_idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.keys.get(prefixed(b'i', key))?.map(|v| u64_of(&v)))
-    }
-
-    fn seqs_by(
-        tree: &Tree,
-        tag: u8,
-        value: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        let prefix = prefixed(tag, value);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&be(from_seq));
-        let mut out = Vec::new();
-        for kv in tree.range(start..) {
-            let (k, _) = kv?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
-            }
-            out.push(u64_of(&k[prefix.len()..]));
-        }
-        Ok(out)
-    }
-
-    /// Seqs about a subject.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn seqs_by_subject(
-        &self,
-        subject: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        Self::seqs_by(&self.keys, b's', subject, from_seq, limit)
-    }
-
-    /// Seqs by an actor.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn seqs_by_actor(
-        &self,
-        actor: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        Self::seqs_by(&self.keys, b'a', actor, from_seq, limit)
-    }
-
     /// The checkpoint stored for exactly `size`.
     ///
     /// # Errors
@@ -522,9 +426,6 @@ impl KeyedIndex {
             .map(|(k, v)| (u64_of(&k), String::from_utf8_lossy(&v).into_owned())))
     }
 }
-
-/// One group commit's keyed facts: first seq, entries, closing checkpoint.
-pub type KeyedGroup<'a> = (u64, &'a [KeyedEntry], Option<(u64, &'a str)>);
 
 /// Both indexes of one log.
 pub struct LogIndex {

@@ -10,6 +10,7 @@
 
 pub mod embedded;
 pub mod index;
+pub mod postings;
 pub mod segment;
 
 use std::ops::Range;
