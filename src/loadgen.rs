@@ -41,19 +41,33 @@ pub struct BenchArgs {
     /// Skip the raw file baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Send entries without idempotency keys (by default each entry has a
+    /// unique one, as a marketplace backend would send).
+    #[arg(long)]
+    pub no_idempotency_keys: bool,
 }
 
-fn request(log: &str, batch: usize, payload: &[u8], t: usize) -> proto::AppendRequest {
+/// The next request of appender `t`: entries about orders of four entries
+/// each (prompt, output, ...), from one of 1,000 actors.
+fn request(a: &BenchArgs, payload: &[u8], t: usize, run: u32, n: &mut u64) -> proto::AppendRequest {
     proto::AppendRequest {
-        log: log.to_owned(),
-        entries: (0..batch)
-            .map(|_| proto::EntryInput {
-                subject: format!("order:{t}"),
-                actor: "loadgen".into(),
-                kind: "prompt".into(),
-                content_type: "application/octet-stream".into(),
-                payload: payload.to_vec(),
-                ..Default::default()
+        log: a.at.log.clone(),
+        entries: (0..a.batch)
+            .map(|_| {
+                *n += 1;
+                proto::EntryInput {
+                    subject: format!("order:{t}-{}", *n / 4),
+                    actor: format!("user:{}", *n % 1000),
+                    kind: "prompt".into(),
+                    content_type: "application/octet-stream".into(),
+                    payload: payload.to_vec(),
+                    idempotency_key: if a.no_idempotency_keys {
+                        String::new()
+                    } else {
+                        format!("bench-{run:08x}-{t}-{n}")
+                    },
+                    ..Default::default()
+                }
             })
             .collect(),
     }
@@ -130,6 +144,11 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
     let payload = vec![0xabu8; args.payload_bytes];
+    // Idempotency keys differ between runs against the same server.
+    let run = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
@@ -147,20 +166,22 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
             let mut client = client;
             let mut mine = Vec::new();
             if a.mode == "stream" {
-                // Keep a window of requests in flight on one stream.
-                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                // Keep a few requests queued on one stream; the server's
+                // window and HTTP/2 flow control bound the rest.
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
                 let sent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
                 let producer = {
-                    let (stop, sent, log, payload) = (
-                        stop.clone(),
-                        sent.clone(),
-                        a.at.log.clone(),
-                        payload.clone(),
-                    );
+                    let (stop, sent, payload, a) =
+                        (stop.clone(), sent.clone(), payload.clone(), a.clone());
                     tokio::spawn(async move {
+                        let mut n = 0;
                         while !stop.load(Ordering::Relaxed) {
                             sent.lock().expect("sent lock").push_back(Instant::now());
-                            if tx.send(request(&log, a.batch, &payload, t)).await.is_err() {
+                            if tx
+                                .send(request(&a, &payload, t, run, &mut n))
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -182,10 +203,11 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
                 }
                 producer.abort();
             } else {
+                let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let r = client
-                        .append(request(&a.at.log, a.batch, &payload, t))
+                        .append(request(&a, &payload, t, run, &mut n))
                         .await?
                         .into_inner();
                     mine.push(t0.elapsed().as_micros() as u64);

@@ -10,7 +10,9 @@
 //! - Blocking store reads run on the blocking pool, never on the runtime's
 //!   worker threads.
 //! - `AppendStream` answers each request in order, with requests pipelined
-//!   into group commits (at most [`STREAM_WINDOW`] in flight per stream).
+//!   into group commits: at most [`STREAM_WINDOW`] requests and
+//!   [`STREAM_WINDOW_BYTES`] of payload in flight per stream. A producer
+//!   faster than the log is held back by HTTP/2 flow control, not buffered.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -31,6 +33,11 @@ use crate::store::{PayloadState, StoreError, StoredEntry};
 
 /// Requests of one `AppendStream` that may be in flight at once.
 pub const STREAM_WINDOW: usize = 256;
+
+/// Payload bytes of one `AppendStream` that may be in flight at once: about
+/// 50 ms of appends at 100,000 1 KiB entries/s, enough to keep group commit
+/// fed without letting a producer queue seconds of work in server memory.
+pub const STREAM_WINDOW_BYTES: usize = 8 << 20;
 
 /// Largest gRPC message accepted (a 4 MiB request plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -236,26 +243,35 @@ impl AuditLog for Service {
         // that order, so responses keep the order of requests while the
         // engine batches many of them into one group commit.
         let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+        let budget = Arc::new(tokio::sync::Semaphore::new(STREAM_WINDOW_BYTES));
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
-                let item = match msg {
+                let (item, permit) = match msg {
                     Ok(r) => {
+                        // Wait for room before taking more work: the next
+                        // message stays in the transport meanwhile.
+                        let bytes: usize = r.entries.iter().map(|e| e.payload.len()).sum();
+                        let cost = bytes.clamp(1, STREAM_WINDOW_BYTES) as u32;
+                        let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
+                            break;
+                        };
                         let entries = r.entries.into_iter().map(to_input).collect();
-                        engine
+                        let item = engine
                             .submit(log_name(&r.log), entries)
-                            .map_err(append_status)
+                            .map_err(append_status);
+                        (item, Some(permit))
                     }
-                    Err(status) => Err(status),
+                    Err(status) => (Err(status), None),
                 };
                 let stop = item.is_err();
-                if pending_tx.send(item).await.is_err() || stop {
+                if pending_tx.send((item, permit)).await.is_err() || stop {
                     break;
                 }
             }
         });
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            while let Some(item) = pending_rx.recv().await {
+            while let Some((item, permit)) = pending_rx.recv().await {
                 let response = match item {
                     Ok(rx) => match rx.await {
                         Ok(Ok(out)) => Ok(to_response(out)),
@@ -264,6 +280,7 @@ impl AuditLog for Service {
                     },
                     Err(status) => Err(status),
                 };
+                drop(permit);
                 let stop = response.is_err();
                 if out_tx.send(response).await.is_err() || stop {
                     break;
