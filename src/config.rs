@@ -18,6 +18,8 @@
 //! seal_after = "1h"
 //! seal_max_entries = 100000
 //! retention = "7y"
+//! retention_window = "1d"
+//! erasable = false
 //! ```
 
 use std::collections::HashSet;
@@ -101,9 +103,10 @@ pub struct LogSection {
     pub seal_after: Option<String>,
     /// Keep payloads this long after sealing (`"7y"`, `"forever"`).
     pub retention: Option<String>,
-    /// Reserved for retention windows (not implemented yet).
+    /// Seal at every multiple of this duration (Unix time), even with no
+    /// entries: segments never span a window boundary.
     pub retention_window: Option<String>,
-    /// Reserved for erasure policy (not implemented yet).
+    /// Whether entries may be erased on request (default true).
     pub erasable: Option<bool>,
 }
 
@@ -250,10 +253,9 @@ impl FileConfig {
                     l.origin
                 )));
             }
-            if l.retention_window.is_some() || l.erasable.is_some() {
+            if l.name.starts_with('_') {
                 return Err(bad(format!(
-                    "{ctx}: retention_window and erasable are not supported by this version yet; \
-                     remove them rather than have them silently ignored"
+                    "{ctx}: names starting with '_' are reserved for the server's own logs"
                 )));
             }
             let mut cfg = LogConfig::new(&l.name, &l.origin);
@@ -278,6 +280,26 @@ impl FileConfig {
                         Some(parse_duration(s).map_err(|e| bad(format!("{ctx}: retention: {e}")))?)
                     }
                 };
+            }
+            if let Some(w) = l.retention_window {
+                let w =
+                    parse_duration(&w).map_err(|e| bad(format!("{ctx}: retention_window: {e}")))?;
+                if w < Duration::from_secs(1) {
+                    return Err(bad(format!("{ctx}: retention_window must be at least 1s")));
+                }
+                if cfg.retention.is_some_and(|r| w > r) {
+                    return Err(bad(format!(
+                        "{ctx}: retention_window is longer than retention: the first entries \
+                         of a window would be kept a window longer than the policy allows"
+                    )));
+                }
+                cfg.retention_window = Some(w);
+            }
+            if cfg.retention.is_some_and(|r| r.is_zero()) {
+                return Err(bad(format!("{ctx}: retention must be more than 0")));
+            }
+            if let Some(e) = l.erasable {
+                cfg.erasable = e;
             }
             logs.push(cfg);
         }
@@ -364,7 +386,13 @@ mod tests {
             ("[[log]]\nname = \"a\"\norigin = \"x/a\"\n[[log]]\nname = \"b\"\norigin = \"x/a\"\n", "another log"),
             ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nseal_after = \"1w\"\n", "unknown unit"),
             ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nseal_max_entries = 0\n", "at least 1"),
-            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nerasable = false\n", "not supported"),
+            (
+                "[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention = \"1d\"\nretention_window = \"2d\"\n",
+                "longer than retention",
+            ),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention_window = \"0s\"\n", "at least 1s"),
+            ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention = \"0s\"\n", "more than 0"),
+            ("[[log]]\nname = \"_system\"\norigin = \"x/a\"\n", "reserved"),
             ("[limits]\nmax_payload_bytes = 10\nmax_request_bytes = 5\n", "larger than"),
         ];
         for (text, want) in cases {

@@ -370,6 +370,96 @@ fn segments_seal_by_size_on_request_and_by_age() {
 }
 
 #[test]
+fn retention_windows_seal_at_every_boundary_even_when_empty() {
+    const S: i64 = 1_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = orders();
+    cfg.seal_after = None;
+    cfg.retention = Some(std::time::Duration::from_secs(30));
+    cfg.retention_window = Some(std::time::Duration::from_secs(10));
+    let f = open(dir.path(), vec![cfg.clone()], ManualClock::at(5 * S));
+    f.engine
+        .append_blocking("orders", vec![input("order:1", "in window 0")])
+        .unwrap();
+    // Two whole windows pass with no entry; the next append lands in the
+    // window that holds now, after a seal for each window that ended.
+    f.clock.set(31 * S);
+    let out = f
+        .engine
+        .append_blocking("orders", vec![input("order:2", "in window 3")])
+        .unwrap();
+    assert_eq!(out.receipts[0].seq, 1);
+    assert_eq!(out.receipts[0].timestamp_unix_nanos, 31 * S);
+    // Idle: the log thread seals the window that ends, with no append.
+    f.clock.set(45 * S);
+    f.engine.close_windows_blocking("orders").unwrap();
+    // A seal on request inside a window ends the segment, not the window.
+    f.clock.set(47 * S);
+    f.engine
+        .seal_blocking("orders", SealReason::Request)
+        .unwrap()
+        .unwrap();
+    let segs = f.store.segments("orders").unwrap();
+    let seals: Vec<Seal> = segs
+        .iter()
+        .filter_map(|s| s.seal.as_ref())
+        .map(|t| Seal::open(t, &[signer().verifier()]).unwrap().0)
+        .collect();
+    let shape: Vec<_> = seals
+        .iter()
+        .map(|s| {
+            (
+                s.first_seq,
+                s.end_seq,
+                s.span_from / S,
+                s.span_to / S,
+                s.reason,
+            )
+        })
+        .collect();
+    use SealReason::{Request, Window};
+    assert_eq!(
+        shape,
+        vec![
+            (0, 1, 5, 10, Window),
+            (1, 1, 10, 20, Window),
+            (1, 1, 20, 30, Window),
+            (1, 2, 30, 40, Window),
+            (2, 2, 40, 47, Request),
+        ]
+    );
+    let mut prev: Option<&Seal> = None;
+    for s in &seals {
+        s.check_follows(prev).unwrap();
+        assert_eq!(
+            s.retain_until,
+            auditlog::core::seal::RetainUntil::At(s.span_to + 30 * S)
+        );
+        prev = Some(s);
+    }
+    // Restarted after a long stop, the log first seals the windows it missed.
+    f.close();
+    let f = open(dir.path(), vec![cfg], ManualClock::at(75 * S));
+    f.engine.close_windows_blocking("orders").unwrap();
+    let spans: Vec<_> = f
+        .store
+        .segments("orders")
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.seal.as_ref())
+        .map(|t| {
+            let s = Seal::open(t, &[signer().verifier()]).unwrap().0;
+            (s.span_from / S, s.span_to / S)
+        })
+        .skip(5)
+        .collect();
+    assert_eq!(spans, vec![(47, 50), (50, 60), (60, 70)]);
+    f.close();
+    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}
+
+#[test]
 fn restart_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = orders();

@@ -53,6 +53,11 @@ pub struct LogConfig {
     pub seal_after: Option<Duration>,
     /// How long payloads are kept after a segment is sealed (`None`: forever).
     pub retention: Option<Duration>,
+    /// Seal at every multiple of this duration of Unix time, with or without
+    /// entries (`None`: no windows).
+    pub retention_window: Option<Duration>,
+    /// Whether entries may be erased on request.
+    pub erasable: bool,
 }
 
 impl LogConfig {
@@ -65,6 +70,8 @@ impl LogConfig {
             seal_max_entries: 100_000,
             seal_after: Some(Duration::from_secs(3600)),
             retention: None,
+            retention_window: None,
+            erasable: true,
         }
     }
 }
@@ -154,6 +161,8 @@ enum Command {
         reason: SealReason,
         reply: oneshot::Sender<Result<Option<Sealed>, AppendError>>,
     },
+    /// Wakes the log thread (which first seals every window that ended).
+    Tick { reply: oneshot::Sender<()> },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -362,6 +371,19 @@ impl Engine {
         self.submit_seal(log, reason)?
             .blocking_recv()
             .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))?
+    }
+
+    /// Has the log's thread seal every retention window that ended by now
+    /// (its timer does it by itself; this is for callers that moved a test
+    /// clock, or need it done before they go on), and waits.
+    ///
+    /// # Errors
+    /// Unknown log, stopped engine.
+    pub fn close_windows_blocking(&self, log: &str) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(log, Command::Tick { reply })?;
+        rx.blocking_recv()
+            .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))
     }
 
     fn view(&self, log: &str) -> Result<LogView, ReadError> {
@@ -664,18 +686,29 @@ fn matches_stored(stored: &StoredEntry, p: &PreparedEntry) -> bool {
 impl Worker {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         loop {
-            let first = match self.age_deadline() {
+            // Windows that ended while the log was idle (or down) are sealed
+            // before anything else: an empty window still gets its seal.
+            self.close_windows();
+            let deadline = match (self.age_deadline(), self.window_deadline()) {
+                (Some(a), Some(w)) => Some(a.min(w)),
+                (a, w) => a.or(w),
+            };
+            let first = match deadline {
                 Some(wait) => rx.recv_timeout(wait),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             let first = match first {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.seal(SealReason::Age).ok();
+                    self.close_windows();
+                    if self.age_deadline().is_some_and(|d| d.is_zero()) {
+                        self.seal(SealReason::Age).ok();
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            self.close_windows();
             // Group commit: take everything queued behind the first command.
             let mut cmds = vec![first];
             let (mut n, mut bytes) = (0usize, 0usize);
@@ -699,6 +732,9 @@ impl Worker {
                         self.append_batch(std::mem::take(&mut appends));
                         let _ = reply.send(self.seal(reason));
                     }
+                    Command::Tick { reply } => {
+                        let _ = reply.send(());
+                    }
                 }
             }
             self.append_batch(appends);
@@ -715,13 +751,54 @@ impl Worker {
         ))
     }
 
+    /// End of the retention window the open segment started in.
+    fn window_end(&self) -> Option<i64> {
+        let w = i64::try_from(self.config.retention_window?.as_nanos()).ok()?;
+        let from = self.sequencer.segment_span_from();
+        Some(from.div_euclid(w).saturating_add(1).saturating_mul(w))
+    }
+
+    /// How long until the open segment's window ends.
+    fn window_deadline(&self) -> Option<Duration> {
+        let end = self.window_end()?;
+        Some(Duration::from_nanos(
+            end.saturating_sub(self.clock.now()).max(0) as u64,
+        ))
+    }
+
+    /// Seals the open segment at the end of its window, and every window
+    /// since (empty ones too), until the open segment's window holds now.
+    fn close_windows(&mut self) {
+        while let Some(end) = self.window_end() {
+            let now = self.clock.now().max(self.sequencer.last_timestamp());
+            if now < end {
+                return;
+            }
+            if self.seal_at(end, SealReason::Window).is_err() {
+                // The store refused: appends will say why.
+                return;
+            }
+        }
+    }
+
     fn seal(&mut self, reason: SealReason) -> Result<Option<Sealed>, AppendError> {
         if matches!(reason, SealReason::Age | SealReason::Size) && self.sequencer.segment_len() == 0
         {
             return Ok(None);
         }
+        // A seal never reaches into the next window.
+        let now = match self.window_end() {
+            Some(end) => self.clock.now().min(end),
+            None => self.clock.now(),
+        };
+        self.seal_at(now, reason).map(Some)
+    }
+
+    /// Seals the open segment with its span ending at `span_to` (or at the
+    /// last timestamp given out, if later).
+    fn seal_at(&mut self, span_to: i64, reason: SealReason) -> Result<Sealed, AppendError> {
         let retention = self.config.retention.map(|d| d.as_nanos() as i64);
-        let (seal, next) = self.sequencer.seal(self.clock.now(), reason, retention);
+        let (seal, next) = self.sequencer.seal(span_to, reason, retention);
         let signed = seal
             .sign(&self.signer)
             .map_err(|e| AppendError::Unavailable(format!("signing the seal: {e}")))?;
@@ -729,7 +806,7 @@ impl Worker {
             .seal(&self.config.name, &seal, &signed)
             .map_err(|e| AppendError::Unavailable(e.to_string()))?;
         self.sequencer.commit(next);
-        Ok(Some(Sealed { seal, signed }))
+        Ok(Sealed { seal, signed })
     }
 
     /// Decides, for each request, which entries are new and which are
@@ -859,7 +936,13 @@ impl Worker {
             let proofs = prove(size, size, &sequencer::NodeMap::default());
             (size, 0, Vec::new(), size, cp, proofs, None)
         } else {
-            let proposal = self.sequencer.sequence(fresh, self.clock.now());
+            // Entries stay inside the open segment's window (the clock may
+            // have crossed its end since `close_windows` looked).
+            let now = match self.window_end() {
+                Some(end) => self.clock.now().min(end - 1),
+                None => self.clock.now(),
+            };
+            let proposal = self.sequencer.sequence(fresh, now);
             let (mut batch, cp, new_nodes, next) = proposal.into_parts();
             let signed = match cp.sign(&self.signer) {
                 Ok(s) => s,

@@ -131,6 +131,17 @@ impl Sequencer {
         self.segment_first_ts
     }
 
+    /// Start of the open segment's time span.
+    pub fn segment_span_from(&self) -> i64 {
+        self.segment_span_from
+    }
+
+    /// The latest timestamp given out (entries and seals): the next entry's
+    /// timestamp is at least this.
+    pub fn last_timestamp(&self) -> i64 {
+        self.last_ts
+    }
+
     /// The unsigned checkpoint of the current tree.
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
