@@ -19,6 +19,7 @@
 //! - Readers see a log's size and checkpoint only after the nodes and
 //!   entries behind them are indexed.
 
+pub mod admin;
 pub mod input;
 pub mod sequencer;
 
@@ -61,6 +62,15 @@ pub struct LogConfig {
 }
 
 impl LogConfig {
+    /// The server's own log of its administration (holds, erasures,
+    /// expiries, seals): kept forever, never erased.
+    pub fn system(origin: &str) -> LogConfig {
+        LogConfig {
+            erasable: false,
+            ..LogConfig::new(admin::SYSTEM_LOG, origin)
+        }
+    }
+
     /// A log with default policy: seal at 100,000 entries or after an hour,
     /// keep forever.
     pub fn new(name: &str, origin: &str) -> LogConfig {
@@ -183,6 +193,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     limits: Limits,
     logs: HashMap<String, LogRuntime>,
+    clock: Arc<dyn Clock>,
+    admin: admin::AdminState,
 }
 
 /// Most entries gathered into one group commit.
@@ -205,7 +217,16 @@ impl Engine {
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StoreError> {
+        let mut configs = configs;
+        if !configs.iter().any(|c| c.name == admin::SYSTEM_LOG) {
+            let origin = admin::system_origin(&configs);
+            configs.insert(0, LogConfig::system(&origin));
+        } else {
+            // The system log first: the others send it their seals.
+            configs.sort_by_key(|c| c.name != admin::SYSTEM_LOG);
+        }
         let mut logs = HashMap::new();
+        let mut system_tx: Option<mpsc::Sender<Command>> = None;
         for config in configs {
             let spec = LogSpec {
                 name: config.name.clone(),
@@ -217,6 +238,10 @@ impl Engine {
                 checkpoint: head.latest_checkpoint.clone(),
             }));
             let (tx, rx) = mpsc::channel();
+            let is_system = config.name == admin::SYSTEM_LOG;
+            if is_system {
+                system_tx = Some(tx.clone());
+            }
             let mut worker = Worker {
                 sequencer: Sequencer::from_head(&config.origin, &head),
                 store: store.clone(),
@@ -225,6 +250,11 @@ impl Engine {
                 config: config.clone(),
                 view: view.clone(),
                 checkpoint: head.latest_checkpoint,
+                system: if is_system {
+                    None
+                } else {
+                    system_tx.clone().map(|tx| (tx, limits.clone()))
+                },
             };
             let thread = std::thread::Builder::new()
                 .name(format!("seq-{}", config.name))
@@ -243,11 +273,15 @@ impl Engine {
                 },
             );
         }
-        Ok(Engine {
+        let engine = Engine {
             store,
             limits,
             logs,
-        })
+            clock,
+            admin: admin::AdminState::default(),
+        };
+        engine.load_holds()?;
+        Ok(engine)
     }
 
     /// The store under the engine.
@@ -656,6 +690,9 @@ struct Worker {
     config: LogConfig,
     view: Arc<RwLock<LogView>>,
     checkpoint: Option<String>,
+    /// Where seals are recorded (the system log's queue), except for the
+    /// system log itself.
+    system: Option<(mpsc::Sender<Command>, Limits)>,
 }
 
 fn same_content(a: &EntryInput, b: &EntryInput) -> bool {
@@ -806,6 +843,25 @@ impl Worker {
             .seal(&self.config.name, &seal, &signed)
             .map_err(|e| AppendError::Unavailable(e.to_string()))?;
         self.sequencer.commit(next);
+        if let Some((tx, limits)) = &self.system {
+            // Best effort: the seal itself is durable in this log's chain;
+            // the system entry is its entry in the administration record.
+            let entry = admin::seal_entry(&self.config.name, &seal);
+            let mut salt_err = None;
+            if let Ok(prepared) = prepare(limits, vec![entry], |salt| {
+                if let Err(e) = crate::keys::fill_random(salt) {
+                    salt_err = Some(e);
+                }
+            }) {
+                if salt_err.is_none() {
+                    let (reply, _) = oneshot::channel();
+                    let _ = tx.send(Command::Append {
+                        entries: prepared,
+                        reply,
+                    });
+                }
+            }
+        }
         Ok(Sealed { seal, signed })
     }
 

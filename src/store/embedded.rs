@@ -20,7 +20,7 @@
 //! - After a failed write or sync the log is refused until restart: the
 //!   state of the page cache after a failed fsync is unknown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::ops::ControlFlow;
 use std::ops::Range;
@@ -41,7 +41,9 @@ use super::segment::{
     self, encode_entry_record, encode_other_record, list_segments, read_record_at, BadBytes,
     PayloadState, Record, RecordKind, SegmentHeader, SegmentReader, SegmentWriter,
 };
-use super::{Batch, LogHead, LogSpec, OpenSegment, SegmentInfo, Store, StoreError, StoredEntry};
+use super::{
+    Batch, LogHead, LogSpec, OpenSegment, Removal, SegmentInfo, Store, StoreError, StoredEntry,
+};
 
 /// What recovery cut from a log's last segment (never acknowledged data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,12 @@ struct LogFiles {
     /// acknowledged batch).
     postings: Postings,
     progress: Arc<(Mutex<Progress>, Condvar)>,
+    /// Held (read) while a location is looked up and its record read;
+    /// held (write) while a rewritten segment is renamed into place and its
+    /// locations moved, so no reader pairs an old offset with a new file.
+    relocating: RwLock<()>,
+    /// One payload removal at a time per log.
+    rewriting: Mutex<()>,
     indexer: Mutex<Option<mpsc::SyncSender<IndexJob>>>,
     indexer_thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -148,6 +156,17 @@ const INDEX_QUEUE_JOBS: usize = 64;
 
 /// Most jobs the indexer applies to sled in one batch.
 const MAX_INDEX_BATCH_JOBS: usize = 256;
+
+/// Suffix of the marker of a segment whose rewrite may not have moved its
+/// dense locations yet.
+const RELOCATE_SUFFIX: &str = ".relocate";
+
+fn relocate_marker(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(format!(
+        "{}{RELOCATE_SUFFIX}",
+        segment::segment_file_name(seg)
+    ))
+}
 
 /// How long a reader waits for the keyed index to catch up.
 const INDEX_WAIT: Duration = Duration::from_secs(30);
@@ -753,6 +772,7 @@ impl Store for EmbeddedStore {
             let start = first_unsealed.map_or(containing, |u| u.min(containing)) as usize;
             self.catch_up(spec, &index, &segments[start..], indexed, size)?;
         }
+        Self::finish_relocations(spec, &index, &dir)?;
         index
             .keyed
             .add_segment(tail.header.segment, tail.header.first_seq)?;
@@ -1042,7 +1062,10 @@ impl Store for EmbeddedStore {
         if seq >= size {
             return Ok(None);
         }
-        let result = self.read_entry_with(log, &files.dir, &files.index, seq);
+        let result = {
+            let _stable = files.relocating.read().expect("relocating lock");
+            self.read_entry_with(log, &files.dir, &files.index, seq)
+        };
         if let Err(StoreError::Corrupt {
             location, reason, ..
         }) = &result
@@ -1149,9 +1172,169 @@ impl Store for EmbeddedStore {
             })
             .collect()
     }
+
+    fn remove_payloads(
+        &self,
+        log: &str,
+        seqs: &[u64],
+        state: PayloadState,
+    ) -> Result<Removal, StoreError> {
+        let files = self.log(log)?;
+        let _one = files.rewriting.lock().expect("rewriting lock");
+        let (open_first, size) = {
+            let st = files.state.lock().expect("log state lock");
+            st.check_serving(log)?;
+            (st.segment_first_seq, st.size)
+        };
+        let mut by_segment: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+        for &seq in seqs {
+            if seq >= size {
+                return Err(StoreError::Index(format!(
+                    "seq {seq} is beyond the log ({size} entries)"
+                )));
+            }
+            if seq >= open_first {
+                return Err(StoreError::Index(format!(
+                    "seq {seq} is in the open segment; seal it first"
+                )));
+            }
+            let at = files
+                .index
+                .dense
+                .get(seq)?
+                .ok_or_else(|| StoreError::Index(format!("no location for seq {seq}")))?;
+            by_segment
+                .entry(at.location.segment)
+                .or_default()
+                .insert(seq);
+        }
+        let mut total = Removal::default();
+        for (seg, targets) in by_segment {
+            total += self.rewrite_segment(log, &files, seg, &targets, state)?;
+        }
+        Ok(total)
+    }
 }
 
 impl EmbeddedStore {
+    /// Rewrites sealed segment `seg` without the payloads of `targets`.
+    /// Steps (each a crash point): a `.relocate` marker is made durable; the
+    /// rewrite is written and synced as `.seg.rewrite`; it is renamed over
+    /// the segment; the dense locations are moved and synced; the marker
+    /// goes. On open, a leftover `.seg.rewrite` is deleted (the original
+    /// is intact) and a leftover marker has the segment's locations
+    /// re-derived from the file, whichever version it is.
+    fn rewrite_segment(
+        &self,
+        log: &str,
+        files: &LogFiles,
+        seg: u64,
+        targets: &HashSet<u64>,
+        state: PayloadState,
+    ) -> Result<Removal, StoreError> {
+        let path = files.dir.join(segment::segment_file_name(seg));
+        let marker = relocate_marker(&files.dir, seg);
+        let dir_io = io(format!("rewrite {}", path.display()));
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| segment::sync_dir(&files.dir))
+            .map_err(dir_io)?;
+        super::failpoint("rewrite:marker");
+        let rw = segment::rewrite_without_payloads(&path, state, |s| targets.contains(&s))
+            .map_err(io(format!("rewrite {}", path.display())))?
+            .map_err(|bad| Self::corrupt(log, &path, &bad))?;
+        super::failpoint("rewrite:written");
+        if rw.removed > 0 {
+            let _w = files.relocating.write().expect("relocating lock");
+            let moved = fs::rename(&rw.tmp, &path)
+                .and_then(|()| segment::sync_dir(&files.dir))
+                .map_err(io(format!("rename over {}", path.display())))
+                .and_then(|()| {
+                    super::failpoint("rewrite:renamed");
+                    for (seq, offset) in &rw.offsets {
+                        files.index.dense.set_location(
+                            *seq,
+                            Location {
+                                segment: seg,
+                                offset: *offset,
+                            },
+                        )?;
+                    }
+                    files.index.dense.sync()
+                });
+            if let Err(e) = moved {
+                files.state.lock().expect("log state lock").refused = Some((
+                    path.display().to_string(),
+                    format!("payload removal failed midway: {e}; restart to recover"),
+                ));
+                return Err(e);
+            }
+            super::failpoint("rewrite:relocated");
+        } else {
+            fs::remove_file(&rw.tmp).map_err(io(format!("remove {}", rw.tmp.display())))?;
+        }
+        fs::remove_file(&marker)
+            .and_then(|()| segment::sync_dir(&files.dir))
+            .map_err(io(format!("remove {}", marker.display())))?;
+        Ok(Removal {
+            segments: u64::from(rw.removed > 0),
+            entries: rw.removed,
+            bytes: rw.old_len.saturating_sub(rw.new_len),
+        })
+    }
+
+    /// Finishes relocations a crash interrupted: the dense locations of
+    /// each marked segment are re-derived from the segment file.
+    fn finish_relocations(spec: &LogSpec, index: &LogIndex, dir: &Path) -> Result<(), StoreError> {
+        let ctx = || format!("list {}", dir.display());
+        for de in fs::read_dir(dir).map_err(io(ctx()))? {
+            let de = de.map_err(io(ctx()))?;
+            let name = de.file_name().to_string_lossy().into_owned();
+            let Some(seg) = name
+                .strip_suffix(RELOCATE_SUFFIX)
+                .and_then(segment::parse_segment_file_name)
+            else {
+                continue;
+            };
+            let path = dir.join(segment::segment_file_name(seg));
+            let rctx = || format!("read {}", path.display());
+            let mut r = SegmentReader::open(&path).map_err(io(rctx()))?;
+            while let Some((off, rec)) = r
+                .next_record()
+                .map_err(io(rctx()))?
+                .map_err(|bad| Self::corrupt(&spec.name, &path, &bad))?
+            {
+                if let Record::Entry(e) = rec {
+                    let seq = e
+                        .entry()
+                        .map_err(|_| {
+                            Self::corrupt(
+                                &spec.name,
+                                &path,
+                                &BadBytes {
+                                    offset: off,
+                                    reason: "entry does not decode",
+                                },
+                            )
+                        })?
+                        .seq;
+                    index.dense.set_location(
+                        seq,
+                        Location {
+                            segment: seg,
+                            offset: off,
+                        },
+                    )?;
+                }
+            }
+            index.dense.sync()?;
+            fs::remove_file(de.path())
+                .and_then(|()| segment::sync_dir(dir))
+                .map_err(io(format!("remove {name}")))?;
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn install(
         &self,
@@ -1195,6 +1378,8 @@ impl EmbeddedStore {
             }),
             postings,
             progress,
+            relocating: RwLock::new(()),
+            rewriting: Mutex::new(()),
             indexer: Mutex::new(Some(tx)),
             indexer_thread: Mutex::new(thread),
         };
@@ -1303,7 +1488,11 @@ impl EmbeddedStore {
         files
             .postings
             .for_each_candidate(key_hash(kind, key), from_seq, |seq| {
-                match self.read_entry_with(log, &files.dir, &files.index, seq) {
+                let read = {
+                    let _stable = files.relocating.read().expect("relocating lock");
+                    self.read_entry_with(log, &files.dir, &files.index, seq)
+                };
+                match read {
                     Ok(Some(stored)) if matches(&stored.entry) => out.push(seq),
                     Ok(_) => {}
                     Err(e) => {

@@ -229,6 +229,21 @@ impl DenseIndex {
         }))
     }
 
+    /// Moves the location of `seq` (after its segment was rewritten).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn set_location(&self, seq: u64, loc: Location) -> Result<(), StoreError> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&loc.segment.to_be_bytes());
+        b[8..].copy_from_slice(&loc.offset.to_be_bytes());
+        let files = self.files.write().expect("dense files lock");
+        files
+            .locs
+            .write_all_at(&b, seq * LOC_LEN)
+            .map_err(io_err("write locations".into()))
+    }
+
     /// A perfect node (level 0 from the location records).
     ///
     /// # Errors

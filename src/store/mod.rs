@@ -275,6 +275,50 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Index failure.
     fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError>;
+
+    /// Physically removes the payloads and salts of `seqs` (entries of
+    /// sealed segments), leaving them in `state` (erased or expired) with
+    /// their encoding, leaf hash and commitment: every proof still holds.
+    /// Entries whose payload is already gone are left as they are. Atomic
+    /// per segment: after a crash, each segment is either rewritten or not.
+    ///
+    /// # Errors
+    /// A seq in the open segment or beyond the log, corruption, I/O.
+    fn remove_payloads(
+        &self,
+        log: &str,
+        seqs: &[u64],
+        state: PayloadState,
+    ) -> Result<Removal, StoreError>;
+}
+
+/// Crash-test hook: when `AUDITLOG_FAILPOINT` names this step, the process
+/// aborts here (as a power cut would stop it). Used by the tests that kill
+/// a store at every step of a multi-step change.
+pub(crate) fn failpoint(step: &str) {
+    if std::env::var("AUDITLOG_FAILPOINT").is_ok_and(|v| v == step) {
+        eprintln!("auditlog: failpoint {step}: aborting");
+        std::process::abort();
+    }
+}
+
+/// What [`Store::remove_payloads`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removal {
+    /// Segments rewritten.
+    pub segments: u64,
+    /// Entries whose payload and salt were removed.
+    pub entries: u64,
+    /// Bytes reclaimed on disk.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Removal {
+    fn add_assign(&mut self, o: Removal) {
+        self.segments += o.segments;
+        self.entries += o.entries;
+        self.bytes += o.bytes;
+    }
 }
 
 /// A [`crate::core::merkle::NodeReader`] over one log of a store.

@@ -479,7 +479,8 @@ impl SegmentWriter {
         Ok(w)
     }
 
-    /// Removes leftovers of segment creations a crash interrupted.
+    /// Removes leftovers of segment creations and rewrites a crash
+    /// interrupted (a rewrite not yet renamed leaves the original intact).
     ///
     /// # Errors
     /// I/O errors.
@@ -489,10 +490,9 @@ impl SegmentWriter {
         }
         for e in fs::read_dir(dir)? {
             let e = e?;
-            if e.file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(".seg.tmp"))
-            {
+            if e.file_name().to_str().is_some_and(|n| {
+                n.ends_with(".seg.tmp") || n.ends_with(&format!(".seg{REWRITE_SUFFIX}"))
+            }) {
                 fs::remove_file(e.path())?;
             }
         }
@@ -546,6 +546,126 @@ impl SegmentWriter {
         self.len += framed.len() as u64;
         Ok(())
     }
+}
+
+/// A sealed segment rewritten without some payloads, under a temporary
+/// name, synced, waiting to be renamed over the original.
+#[derive(Debug)]
+pub struct Rewritten {
+    /// The temporary file (`<segment>.seg.rewrite`).
+    pub tmp: PathBuf,
+    /// Offset of every entry record in the new file: (seq, offset).
+    pub offsets: Vec<(u64, u64)>,
+    /// Entries whose payload and salt were removed.
+    pub removed: u64,
+    /// Length of the original file.
+    pub old_len: u64,
+    /// Length of the new file.
+    pub new_len: u64,
+}
+
+/// Suffix of a segment being rewritten.
+pub const REWRITE_SUFFIX: &str = ".rewrite";
+
+/// Rewrites the sealed segment at `path` with the payload and salt of every
+/// entry `remove` selects (by seq) removed and its state set to `state`;
+/// every other byte is kept (records re-encode to the same bytes, and an
+/// entry's check is its leaf hash, which does not cover the payload).
+/// Entries whose payload is already gone keep their state. The result is
+/// written to `<path>.rewrite` and synced; nothing else is touched.
+///
+/// # Errors
+/// I/O errors; `Ok(Err(_))` when the file is damaged or not sealed.
+pub fn rewrite_without_payloads(
+    path: &Path,
+    state: PayloadState,
+    remove: impl Fn(u64) -> bool,
+) -> io::Result<Result<Rewritten, BadBytes>> {
+    debug_assert!(state != PayloadState::Present);
+    let mut r = SegmentReader::open(path)?;
+    let old_len = r.file_len();
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(REWRITE_SUFFIX);
+    let tmp = PathBuf::from(tmp_name);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    let (mut offsets, mut removed, mut new_len) = (Vec::new(), 0u64, 0u64);
+    let mut sealed = false;
+    loop {
+        let (off, rec) = match r.next_record()? {
+            Ok(Some(x)) => x,
+            Ok(None) => break,
+            Err(bad) => return Ok(Err(bad)),
+        };
+        if sealed {
+            return Ok(Err(BadBytes {
+                offset: off,
+                reason: "record after the seal",
+            }));
+        }
+        buf.clear();
+        match &rec {
+            Record::Header(h) => {
+                encode_other_record(&mut buf, RecordKind::Header, &encode_header(h))
+            }
+            Record::Checkpoint(t) => {
+                encode_other_record(&mut buf, RecordKind::Checkpoint, t.as_bytes());
+            }
+            Record::Seal(t) => {
+                sealed = true;
+                encode_other_record(&mut buf, RecordKind::Seal, t.as_bytes());
+            }
+            Record::Entry(e) => {
+                let seq = e
+                    .entry()
+                    .map_err(|_| BadBytes {
+                        offset: off,
+                        reason: "entry does not decode",
+                    })
+                    .map(|entry| entry.seq);
+                let seq = match seq {
+                    Ok(seq) => seq,
+                    Err(bad) => return Ok(Err(bad)),
+                };
+                offsets.push((seq, new_len));
+                if e.state == PayloadState::Present && remove(seq) {
+                    removed += 1;
+                    encode_entry_record(&mut buf, &e.encoding, &e.leaf_hash, state, None, &[]);
+                } else {
+                    encode_entry_record(
+                        &mut buf,
+                        &e.encoding,
+                        &e.leaf_hash,
+                        e.state,
+                        e.salt.as_ref(),
+                        &e.payload,
+                    );
+                }
+            }
+        }
+        w.write_all(&buf)?;
+        new_len += buf.len() as u64;
+    }
+    if !sealed {
+        return Ok(Err(BadBytes {
+            offset: old_len,
+            reason: "segment is not sealed",
+        }));
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_data()?;
+    Ok(Ok(Rewritten {
+        tmp,
+        offsets,
+        removed,
+        old_len,
+        new_len,
+    }))
 }
 
 /// `fsync` of a directory, so that a new or renamed file survives a crash.
