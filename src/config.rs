@@ -9,6 +9,8 @@
 //! listen = "127.0.0.1:50051"
 //! key = "/etc/auditlog/signer.key"
 //!
+//! retention_check_every = "1m"
+//!
 //! [limits]
 //! max_payload_bytes = 1048576
 //!
@@ -70,6 +72,8 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     /// Append limits.
     pub limits: Option<LimitsSection>,
+    /// How often the server expires what retention ended (`"1m"`).
+    pub retention_check_every: Option<String>,
     /// Logs.
     #[serde(default)]
     pub log: Vec<LogSection>,
@@ -152,6 +156,8 @@ pub struct Config {
     pub key: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
+    /// How often the server runs retention expiry.
+    pub retention_check_every: Duration,
     /// Logs.
     pub logs: Vec<LogConfig>,
 }
@@ -306,7 +312,19 @@ impl FileConfig {
         if logs.is_empty() {
             logs.push(LogConfig::new("default", "localhost/default"));
         }
+        let retention_check_every = match &self.retention_check_every {
+            None => Duration::from_secs(60),
+            Some(s) => {
+                let d =
+                    parse_duration(s).map_err(|e| bad(format!("retention_check_every: {e}")))?;
+                if d < Duration::from_millis(100) {
+                    return Err(bad("retention_check_every must be at least 100ms".into()));
+                }
+                d
+            }
+        };
         Ok(Config {
+            retention_check_every,
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use auditlog::keys;
 
+mod cli_admin;
 mod cli_client;
 mod loadgen;
 
@@ -92,15 +93,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Export an evidence bundle from a server.
+    /// Export an evidence bundle, or a subject's records as JSON or CSV.
     ///
-    /// Select entries by subject, by seq range [from, to), or by time range
-    /// [since, until) in Unix nanoseconds. With --since-checkpoint (a
-    /// receipt's signed checkpoint) the bundle also proves that checkpoint
-    /// is a prefix of the current one.
+    /// Evidence bundle (default, --format bundle): select entries of one
+    /// log by subject, by seq range [from, to), or by time range [since,
+    /// until) in Unix nanoseconds. With --since-checkpoint (a receipt's
+    /// signed checkpoint) the bundle also proves that checkpoint is a
+    /// prefix of the current one.
+    ///
+    /// Access and portability requests (--format json or csv): every entry
+    /// about --subject or by --actor, across all logs unless --log is
+    /// given; payloads as text when their content type is textual, base64
+    /// otherwise.
     ///
     /// Example: auditlog export --server http://127.0.0.1:50051 --log orders
     ///          --subject order:8812 --out order-8812.bundle
+    ///          auditlog export --subject user:42 --format csv --out user-42.csv
     Export {
         /// Server URL.
         #[arg(
@@ -109,9 +117,15 @@ enum Command {
             default_value = "http://127.0.0.1:50051"
         )]
         server: String,
-        /// Log name.
-        #[arg(long, default_value = "default")]
-        log: String,
+        /// Log name (bundles: default "default"; json/csv: every log).
+        #[arg(long)]
+        log: Option<String>,
+        /// bundle, json or csv.
+        #[arg(long, default_value = "bundle", value_parser = ["bundle", "json", "csv"])]
+        format: String,
+        /// Entries by this actor (json/csv only).
+        #[arg(long, conflicts_with_all = ["subject", "from_seq", "since"])]
+        actor: Option<String>,
         /// Entries about this subject.
         #[arg(long, conflicts_with_all = ["from_seq", "since"])]
         subject: Option<String>,
@@ -133,6 +147,39 @@ enum Command {
         /// Where to write the bundle.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Legal holds: place, release, list.
+    Hold {
+        #[command(subcommand)]
+        cmd: cli_admin::HoldCommand,
+    },
+    /// Erase the payloads of every entry about a subject or by an actor.
+    ///
+    /// In one log or, without --log, every log. Refused for entries under
+    /// a legal hold and in logs with erasable = false; the answer says, per
+    /// log, what was erased and what was refused and why. Leaf hashes,
+    /// commitments and metadata stay: proofs still verify, and verification
+    /// reports the entries as ERASED. The request is recorded in the system
+    /// log.
+    ///
+    /// Example: auditlog erase --subject user:42
+    Erase {
+        #[command(flatten)]
+        at: cli_admin::AdminServer,
+        /// The log (default: every log).
+        #[arg(long)]
+        log: Option<String>,
+        /// Entries about this subject.
+        #[arg(long, conflicts_with = "actor", required_unless_present = "actor")]
+        subject: Option<String>,
+        /// Entries by this actor.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Retention: expire payloads whose retention ended.
+    Retention {
+        #[command(subcommand)]
+        cmd: cli_admin::RetentionCommand,
     },
     /// Load generator: durable appends over gRPC against a running server,
     /// with a raw file + fdatasync baseline measured in the same run.
@@ -158,6 +205,20 @@ enum Command {
         #[arg(long, default_value_t = 40)]
         seal_max_entries: u64,
     },
+}
+
+/// Exit code and message of an administrative verb.
+fn admin_exit(verb: &str, r: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("auditlog {verb}: {:?}: {}", s.code(), s.message()),
+                None => eprintln!("auditlog {verb}: {e}"),
+            }
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -187,10 +248,37 @@ fn main() -> ExitCode {
             since_checkpoint,
             json,
         } => verify_command(file, &key, data_dir, since_checkpoint, json),
+        Command::Hold { cmd } => admin_exit("hold", cli_admin::hold(cmd)),
+        Command::Erase {
+            at,
+            log,
+            subject,
+            actor,
+        } => admin_exit("erase", cli_admin::erase(at, log, subject, actor)),
+        Command::Retention { cmd } => admin_exit("retention", cli_admin::retention(cmd)),
         Command::Export {
+            format,
             server,
             log,
             subject,
+            actor,
+            out,
+            ..
+        } if format != "bundle" => {
+            match cli_admin::export_records(server, log, subject, actor, &format, &out) {
+                Ok(n) => {
+                    eprintln!("wrote {n} entries to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => admin_exit("export", Err(e)),
+            }
+        }
+        Command::Export {
+            format: _,
+            server,
+            log,
+            subject,
+            actor,
             from_seq,
             to_seq,
             since,
@@ -218,6 +306,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if actor.is_some() {
+                eprintln!("auditlog export: --actor needs --format json or csv");
+                return ExitCode::from(2);
+            }
+            let log = log.unwrap_or_else(|| "default".into());
             match export_command(server, log, selector, since_checkpoint, out) {
                 Ok(n) => {
                     eprintln!("wrote {n} bytes");

@@ -81,6 +81,34 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         );
     }
 
+    // Retention: expire what ended, on a timer, one run at a time.
+    let retention_job = {
+        let engine = engine.clone();
+        let every = config.retention_check_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let e = engine.clone();
+                let run = tokio::task::spawn_blocking(move || {
+                    e.apply_retention(e.now(), false, crate::engine::admin::RETENTION_ACTOR)
+                })
+                .await;
+                match run {
+                    Ok(Ok(logs)) => {
+                        for l in logs.iter().filter(|l| l.entries > 0) {
+                            eprintln!(
+                                "auditlog: retention expired {} entries in {} segment(s) of {} ({} bytes; {} held)",
+                                l.entries, l.segments, l.log, l.bytes, l.held
+                            );
+                        }
+                    }
+                    Ok(Err(e)) => eprintln!("auditlog: retention: {e}"),
+                    Err(e) => eprintln!("auditlog: retention job: {e}"),
+                }
+            }
+        })
+    };
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<crate::proto::audit_log_server::AuditLogServer<Service>>()
@@ -115,6 +143,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         )
         .await?;
 
+    retention_job.abort();
     eprintln!("auditlog: draining queued appends");
     let engine_for_stop = engine.clone();
     tokio::task::spawn_blocking(move || engine_for_stop.shutdown()).await?;

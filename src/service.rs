@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::core::hash::Hash;
 use crate::core::note::VerifierKey;
 use crate::core::seal::SealReason;
+use crate::engine::admin::{AdminError, Hold, Target, SYSTEM_LOG};
 use crate::engine::input::{AppendError, EntryInput};
 use crate::engine::{AppendOutcome, Engine, ReadError};
 use crate::proto;
@@ -106,6 +107,45 @@ pub fn read_status(e: ReadError) -> Status {
 
 fn store_status(e: StoreError) -> Status {
     read_status(ReadError::Store(e))
+}
+
+/// gRPC status of an administrative error.
+pub fn admin_status(e: AdminError) -> Status {
+    match e {
+        AdminError::Invalid(m) => Status::invalid_argument(m),
+        AdminError::NotFound(m) => Status::not_found(m),
+        AdminError::Record(a) => append_status(a),
+        AdminError::Read(r) => read_status(r),
+        AdminError::Store(s) => store_status(s),
+    }
+}
+
+fn to_hold(h: Hold) -> proto::Hold {
+    proto::Hold {
+        id: h.id,
+        log: h.log.unwrap_or_default(),
+        subject: h.subject.unwrap_or_default(),
+        case_id: h.case_id,
+        reason: h.reason,
+        placed_unix_nanos: h.placed_unix_nanos,
+        placed_by: h.placed_by,
+        system_seq: h.system_seq,
+    }
+}
+
+/// Exactly one of subject and actor.
+fn target(subject: String, actor: String) -> Result<Target, Status> {
+    match (subject.is_empty(), actor.is_empty()) {
+        (false, true) => Ok(Target::Subject(subject)),
+        (true, false) => Ok(Target::Actor(actor)),
+        _ => Err(Status::invalid_argument(
+            "give exactly one of subject and actor",
+        )),
+    }
+}
+
+fn some(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn to_input(e: proto::EntryInput) -> EntryInput {
@@ -486,5 +526,179 @@ impl AuditLog for Service {
             }))
         })
         .await
+    }
+
+    async fn place_hold(
+        &self,
+        request: Request<proto::PlaceHoldRequest>,
+    ) -> Result<Response<proto::PlaceHoldResponse>, Status> {
+        let r = request.into_inner();
+        if r.whole_log != r.subject.is_empty() {
+            return Err(Status::invalid_argument(
+                "give either a subject or whole_log, not both or neither",
+            ));
+        }
+        let engine = self.engine.clone();
+        blocking(move || {
+            let hold = engine
+                .place_hold(
+                    some(r.log).as_deref(),
+                    some(r.subject).as_deref(),
+                    &r.case_id,
+                    &r.reason,
+                    &r.requested_by,
+                )
+                .map_err(admin_status)?;
+            Ok(Response::new(proto::PlaceHoldResponse {
+                hold: Some(to_hold(hold)),
+            }))
+        })
+        .await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<proto::ReleaseHoldRequest>,
+    ) -> Result<Response<proto::ReleaseHoldResponse>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        blocking(move || {
+            let hold = engine
+                .release_hold(&r.id, &r.reason, &r.requested_by)
+                .map_err(admin_status)?;
+            Ok(Response::new(proto::ReleaseHoldResponse {
+                hold: Some(to_hold(hold)),
+            }))
+        })
+        .await
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<proto::ListHoldsRequest>,
+    ) -> Result<Response<proto::ListHoldsResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(proto::ListHoldsResponse {
+            holds: self
+                .engine
+                .holds(some(r.log).as_deref())
+                .into_iter()
+                .map(to_hold)
+                .collect(),
+        }))
+    }
+
+    async fn erase(
+        &self,
+        request: Request<proto::EraseRequest>,
+    ) -> Result<Response<proto::EraseResponse>, Status> {
+        let r = request.into_inner();
+        let target = target(r.subject, r.actor)?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            let answers = engine
+                .erase(some(r.log).as_deref(), &target, &r.requested_by)
+                .map_err(admin_status)?;
+            Ok(Response::new(proto::EraseResponse {
+                logs: answers
+                    .into_iter()
+                    .map(|a| proto::LogErasure {
+                        log: a.log,
+                        matched: a.matched,
+                        erased: a.erased,
+                        already_removed: a.already_removed,
+                        refused: a.refused,
+                        refused_reason: a.refused_reason,
+                        bytes_reclaimed: a.bytes,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn apply_retention(
+        &self,
+        request: Request<proto::ApplyRetentionRequest>,
+    ) -> Result<Response<proto::ApplyRetentionResponse>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        blocking(move || {
+            let by = if r.requested_by.is_empty() {
+                "operator".to_owned()
+            } else {
+                r.requested_by
+            };
+            let out = engine
+                .apply_retention(engine.now(), r.dry_run, &by)
+                .map_err(admin_status)?;
+            Ok(Response::new(proto::ApplyRetentionResponse {
+                logs: out
+                    .into_iter()
+                    .map(|e| proto::LogExpiry {
+                        log: e.log,
+                        segments: e.segments,
+                        entries: e.entries,
+                        bytes_reclaimed: e.bytes,
+                        held: e.held,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    type FindEntriesStream =
+        Pin<Box<dyn Stream<Item = Result<proto::FindEntriesResponse, Status>> + Send>>;
+
+    async fn find_entries(
+        &self,
+        request: Request<proto::FindEntriesRequest>,
+    ) -> Result<Response<Self::FindEntriesStream>, Status> {
+        let r = request.into_inner();
+        let target = target(r.subject, r.actor)?;
+        let logs: Vec<String> = match some(r.log) {
+            Some(l) if self.engine.log_config(&l).is_some() => vec![l],
+            Some(l) => return Err(Status::not_found(format!("unknown log {l:?}"))),
+            None => self
+                .engine
+                .logs()
+                .into_iter()
+                .map(|c| c.name.clone())
+                .filter(|n| n != SYSTEM_LOG)
+                .collect(),
+        };
+        let engine = self.engine.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::task::spawn_blocking(move || {
+            for log in logs {
+                let store = engine.store();
+                let seqs = match &target {
+                    Target::Subject(s) => store.seqs_by_subject(&log, s, 0, usize::MAX),
+                    Target::Actor(a) => store.seqs_by_actor(&log, a, 0, usize::MAX),
+                };
+                let seqs = match seqs {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(store_status(e)));
+                        return;
+                    }
+                };
+                for seq in seqs {
+                    let item = match store.entry(&log, seq) {
+                        Ok(Some(e)) => Ok(proto::FindEntriesResponse {
+                            entry: Some(to_entry(&log, e)),
+                        }),
+                        Ok(None) => continue,
+                        Err(e) => Err(store_status(e)),
+                    };
+                    let stop = item.is_err();
+                    if tx.blocking_send(item).is_err() || stop {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -341,3 +341,72 @@ fn erasure_respects_policy_and_holds_and_leaves_neighbours_intact() {
         3
     );
 }
+
+#[test]
+fn deleting_an_empty_window_segment_or_its_seal_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(
+        dir.path(),
+        vec![short_policy(orders())],
+        ManualClock::at(100 * S),
+    );
+    f.engine
+        .append_blocking("orders", vec![input("order:1", "a")])
+        .unwrap();
+    // Windows [110, 120) and [120, 130) pass empty.
+    f.clock.set(131 * S);
+    f.engine
+        .append_blocking("orders", vec![input("order:1", "b")])
+        .unwrap();
+    let segs = f.store.segments("orders").unwrap();
+    assert_eq!(
+        segs.iter()
+            .map(|s| (s.first_seq, s.end_seq, s.seal.is_some()))
+            .collect::<Vec<_>>(),
+        vec![(0, 1, true), (1, 1, true), (1, 1, true), (1, 2, false)]
+    );
+    f.close();
+    let seg = |n: u64| {
+        dir.path()
+            .join("logs/orders")
+            .join(auditlog::store::segment::segment_file_name(n))
+    };
+    let pristine = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &Path| {
+        for e in std::fs::read_dir(from).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    };
+    copy(&dir.path().join("logs/orders"), pristine.path());
+    type Tamper<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Tamper<'_>)> = vec![
+        (
+            "empty window segment deleted",
+            Box::new(|| std::fs::remove_file(seg(1)).unwrap()),
+        ),
+        (
+            "seal of an empty window cut off",
+            Box::new(|| {
+                let bytes = std::fs::read(seg(2)).unwrap();
+                // The header record is all an empty segment has besides
+                // its seal: keep only the header.
+                let header_len =
+                    4 + 1 + 4 + u32::from_be_bytes(bytes[5..9].try_into().unwrap()) as usize + 32;
+                std::fs::write(seg(2), &bytes[..header_len]).unwrap();
+            }),
+        ),
+    ];
+    for (name, tamper) in cases {
+        copy(pristine.path(), &dir.path().join("logs/orders"));
+        tamper();
+        let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
+        let failures: Vec<_> = report.failures().collect();
+        assert!(
+            failures
+                .iter()
+                .any(|f| matches!(f.verdict, Verdict::MissingEntry | Verdict::Truncated)),
+            "{name}: {failures:?}"
+        );
+    }
+}

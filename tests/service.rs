@@ -4,81 +4,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use common::server::start;
+
+use std::process::{Command, Stdio};
 
 use auditlog::core::checkpoint::Checkpoint;
 use auditlog::core::hash::{Blake3, Hash};
 use auditlog::core::merkle::{proof_from_bytes, verify_consistency, verify_inclusion};
-use auditlog::core::note::VerifierKey;
 use auditlog::proto::audit_log_client::AuditLogClient;
 use auditlog::proto::{
     AppendRequest, EntryInput, GetCheckpointRequest, GetConsistencyProofRequest, GetEntryRequest,
     ListSegmentsRequest, SealRequest, VerifyRequest,
 };
 use tonic::Code;
-
-struct Server {
-    child: Child,
-    addr: String,
-    data: tempfile::TempDir,
-}
-
-fn start(config: Option<&str>) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditlog"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(c) = config {
-        let path = data.path().join("auditlog.toml");
-        std::fs::write(&path, c).unwrap();
-        cmd.arg("--config").arg(path);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect(&line)
-        .to_owned();
-    Server { child, addr, data }
-}
-
-impl Server {
-    async fn client(&self) -> AuditLogClient<tonic::transport::Channel> {
-        AuditLogClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-    fn verifier(&self) -> VerifierKey {
-        auditlog::keys::load_verifiers(&self.data.path().join("keys/verifier.pub")).unwrap()[0]
-            .clone()
-    }
-    fn stop(mut self) -> tempfile::TempDir {
-        let pid = self.child.id() as i32;
-        // SIGTERM: drain and exit cleanly.
-        assert_eq!(send_sigterm(pid), 0);
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-        self.data
-    }
-}
-
-fn send_sigterm(pid: i32) -> i32 {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .code()
-        .unwrap()
-}
 
 fn entry(subject: &str, kind: &str, payload: &str, key: &str) -> EntryInput {
     EntryInput {

@@ -1,9 +1,10 @@
 //! Administration of the logs: legal holds, erasure, retention expiry, and
 //! the system log `_system` that records each of them.
 //!
-//! Every administrative act is appended to `_system` (durably, before it
-//! takes effect for holds, after it for erasure and expiry, with what was
-//! done), so the log audits its own administration with the same hash
+//! Every administrative act is appended to `_system`, durably and before
+//! it takes effect (for erasure and expiry: what is planned), so a crash
+//! can leave a record of an act not yet done, never an act nobody
+//! recorded; the log audits its own administration with the same hash
 //! chain, tree and signatures as any other log. Holds live in memory and
 //! are rebuilt from `_system` on start: the system log is their only
 //! source of truth.
@@ -387,25 +388,52 @@ impl Engine {
         };
         let _acting = self.admin.acting.lock().expect("acting lock");
         let holds = self.holds(None);
-        let mut answers = Vec::new();
+        let mut plans = Vec::new();
         for log in logs {
-            answers.push(self.erase_in(&log, target, &holds)?);
+            plans.push(self.plan_erasure(&log, target, &holds)?);
         }
+        // Recorded before anything is removed: a crash midway leaves a
+        // record of what was asked, never a removal nobody recorded.
+        let planned: Vec<&LogErasure> = plans.iter().map(|p| &p.0).collect();
         self.record(system_entry(
             &format!("{what}:{value}"),
             by,
             "erase",
-            &json!({ "log": log, what: value, "logs": answers }),
+            &json!({ "log": log, what: value, "plan": planned }),
         ))?;
+        let mut answers = Vec::new();
+        for (mut answer, targets) in plans {
+            if !targets.is_empty() {
+                // Only sealed segments are rewritten: seal the open one if
+                // it holds a target.
+                let open_first = self
+                    .store
+                    .segments(&answer.log)?
+                    .last()
+                    .filter(|s| s.seal.is_none())
+                    .map_or(u64::MAX, |s| s.first_seq);
+                if targets.iter().any(|&s| s >= open_first) {
+                    self.seal_blocking(&answer.log, SealReason::Request)?;
+                }
+                let removal =
+                    self.store
+                        .remove_payloads(&answer.log, &targets, PayloadState::Erased)?;
+                answer.erased = removal.entries;
+                answer.bytes = removal.bytes;
+            }
+            answers.push(answer);
+        }
         Ok(answers)
     }
 
-    fn erase_in(
+    /// What an erasure would do in one log: the answer so far (matched,
+    /// already removed, refused and why) and the seqs to erase.
+    fn plan_erasure(
         &self,
         log: &str,
         target: &Target,
         holds: &[Hold],
-    ) -> Result<LogErasure, AdminError> {
+    ) -> Result<(LogErasure, Vec<u64>), AdminError> {
         let seqs = match target {
             Target::Subject(s) => self.store.seqs_by_subject(log, s, 0, usize::MAX)?,
             Target::Actor(a) => self.store.seqs_by_actor(log, a, 0, usize::MAX)?,
@@ -443,25 +471,7 @@ impl Engine {
         } else if answer.refused > 0 {
             answer.refused_reason = format!("under legal hold (case {})", cases.join(", "));
         }
-        if targets.is_empty() {
-            return Ok(answer);
-        }
-        // Only sealed segments are rewritten: seal the open one if needed.
-        let open_first = self
-            .store
-            .segments(log)?
-            .last()
-            .filter(|s| s.seal.is_none())
-            .map_or(u64::MAX, |s| s.first_seq);
-        if targets.iter().any(|&s| s >= open_first) {
-            self.seal_blocking(log, SealReason::Request)?;
-        }
-        let removal = self
-            .store
-            .remove_payloads(log, &targets, PayloadState::Erased)?;
-        answer.erased = removal.entries;
-        answer.bytes = removal.bytes;
-        Ok(answer)
+        Ok((answer, targets))
     }
 
     /// Expires the payloads of sealed segments whose retention ended by
@@ -480,6 +490,8 @@ impl Engine {
         let _acting = self.admin.acting.lock().expect("acting lock");
         let holds = self.holds(None);
         let mut out = Vec::new();
+        // (log, segment, seqs) to expire once the plan is recorded.
+        let mut work: Vec<(usize, u64, Vec<u64>, bool)> = Vec::new();
         for config in self.logs() {
             let log = config.name.clone();
             let mut expiry = LogExpiry {
@@ -496,12 +508,16 @@ impl Engine {
                 if until > now || seg.first_seq == seg.end_seq {
                     continue;
                 }
-                let key = (log.clone(), seg.index);
-                if self.admin.done.lock().expect("done lock").contains(&key) {
+                if self
+                    .admin
+                    .done
+                    .lock()
+                    .expect("done lock")
+                    .contains(&(log.clone(), seg.index))
+                {
                     continue;
                 }
                 let mut targets = Vec::new();
-                let mut bytes = 0u64;
                 let mut held = 0u64;
                 for seq in seg.first_seq..seg.end_seq {
                     let Some(stored) = self.store.entry(&log, seq)? else {
@@ -514,38 +530,50 @@ impl Engine {
                         held += 1;
                     } else {
                         targets.push(seq);
-                        bytes += stored.payload.len() as u64 + 32;
+                        expiry.bytes += stored.payload.len() as u64 + 32;
                     }
                 }
                 expiry.held += held;
-                if dry_run {
-                    expiry.segments += u64::from(!targets.is_empty());
-                    expiry.entries += targets.len() as u64;
-                    expiry.bytes += bytes;
-                    continue;
-                }
-                if !targets.is_empty() {
-                    let removal: Removal =
-                        self.store
-                            .remove_payloads(&log, &targets, PayloadState::Expired)?;
-                    expiry.segments += removal.segments;
-                    expiry.entries += removal.entries;
-                    expiry.bytes += removal.bytes;
-                }
-                if held == 0 {
-                    self.admin.done.lock().expect("done lock").insert(key);
-                }
+                expiry.segments += u64::from(!targets.is_empty());
+                expiry.entries += targets.len() as u64;
+                work.push((out.len(), seg.index, targets, held == 0));
             }
             out.push(expiry);
         }
-        if !dry_run && out.iter().any(|e| e.entries > 0) {
-            let done: Vec<&LogExpiry> = out.iter().filter(|e| e.entries > 0).collect();
+        if dry_run {
+            return Ok(out);
+        }
+        let planned: Vec<&LogExpiry> = out.iter().filter(|e| e.entries > 0).collect();
+        if !planned.is_empty() {
+            // Recorded before anything is removed (see `erase`).
             self.record(system_entry(
                 "retention",
                 by,
                 "expire",
-                &json!({ "now": now, "logs": done }),
+                &json!({ "now": now, "plan": planned }),
             ))?;
+        }
+        // The answer is what was done: recount from the removals.
+        for e in &mut out {
+            (e.segments, e.entries, e.bytes) = (0, 0, 0);
+        }
+        for (i, seg, targets, complete) in work {
+            let log = out[i].log.clone();
+            if !targets.is_empty() {
+                let removal: Removal =
+                    self.store
+                        .remove_payloads(&log, &targets, PayloadState::Expired)?;
+                out[i].segments += removal.segments;
+                out[i].entries += removal.entries;
+                out[i].bytes += removal.bytes;
+            }
+            if complete {
+                self.admin
+                    .done
+                    .lock()
+                    .expect("done lock")
+                    .insert((log, seg));
+            }
         }
         Ok(out)
     }

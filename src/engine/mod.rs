@@ -284,6 +284,11 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Now, by the engine's clock (Unix nanoseconds).
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// The store under the engine.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
