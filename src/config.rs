@@ -77,6 +77,9 @@ pub struct FileConfig {
     /// Logs.
     #[serde(default)]
     pub log: Vec<LogSection>,
+    /// The text parsed, to give line numbers in errors.
+    #[serde(skip)]
+    pub source: Option<String>,
 }
 
 /// `[limits]`.
@@ -112,6 +115,30 @@ pub struct LogSection {
     pub retention_window: Option<String>,
     /// Whether entries may be erased on request (default true).
     pub erasable: Option<bool>,
+}
+
+/// Line (from 1) of `key = ...` in the `index`-th `[[log]]` table of
+/// `source`, if it is written there.
+fn line_of(source: &str, index: usize, key: &str) -> Option<usize> {
+    let mut logs_seen = 0;
+    let mut current = None;
+    for (n, line) in source.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = (t.replace(' ', "") == "[[log]]").then(|| {
+                logs_seen += 1;
+                logs_seen - 1
+            });
+            continue;
+        }
+        let is_key = t
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == Some(index) && is_key {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 /// Parses `90s`, `15m`, `1h`, `30d`, `7y` (365 days), `500ms`.
@@ -188,14 +215,17 @@ impl FileConfig {
     /// # Errors
     /// The parser's message, with line and column.
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let mut f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        f.source = Some(text.to_owned());
+        Ok(f)
     }
 
     /// Validates into an effective configuration.
     ///
     /// # Errors
     /// The first invalid or contradictory setting, naming the log.
-    pub fn resolve(self) -> Result<Config, ConfigError> {
+    pub fn resolve(mut self) -> Result<Config, ConfigError> {
+        let source = self.source.take().unwrap_or_default();
         let bad = |m: String| ConfigError::Invalid(m);
         let mut limits = Limits::default();
         if let Some(l) = self.limits {
@@ -237,8 +267,16 @@ impl FileConfig {
         let mut logs = Vec::new();
         let mut names = HashSet::new();
         let mut origins = HashSet::new();
-        for l in self.log {
-            let ctx = format!("[[log]] {:?}", l.name);
+        for (i, l) in self.log.into_iter().enumerate() {
+            // "line N: [[log]] "name"", pointing at `key` when it is set.
+            let at = |key: &str| {
+                let ctx = format!("[[log]] {:?}", l.name);
+                match line_of(&source, i, key) {
+                    Some(n) => format!("line {n}: {ctx}"),
+                    None => ctx,
+                }
+            };
+            let ctx = at("name");
             if !is_valid_log_name(&l.name) {
                 return Err(bad(format!(
                     "{ctx}: names are 1-64 characters of a-z, 0-9, '_', '-', '.'"
@@ -249,13 +287,15 @@ impl FileConfig {
             }
             if !is_valid_origin(&l.origin) {
                 return Err(bad(format!(
-                    "{ctx}: origin {:?} must be a schema-less URL without spaces or '+'",
+                    "{}: origin {:?} must be a schema-less URL without spaces or '+'",
+                    at("origin"),
                     l.origin
                 )));
             }
             if !origins.insert(l.origin.clone()) {
                 return Err(bad(format!(
-                    "{ctx}: origin {:?} is used by another log",
+                    "{}: origin {:?} is used by another log",
+                    at("origin"),
                     l.origin
                 )));
             }
@@ -267,7 +307,10 @@ impl FileConfig {
             let mut cfg = LogConfig::new(&l.name, &l.origin);
             if let Some(n) = l.seal_max_entries {
                 if n == 0 {
-                    return Err(bad(format!("{ctx}: seal_max_entries must be at least 1")));
+                    return Err(bad(format!(
+                        "{}: seal_max_entries must be at least 1",
+                        at("seal_max_entries")
+                    )));
                 }
                 cfg.seal_max_entries = n;
             }
@@ -275,34 +318,44 @@ impl FileConfig {
                 cfg.seal_after = match s.as_str() {
                     "never" => None,
                     s => Some(
-                        parse_duration(s).map_err(|e| bad(format!("{ctx}: seal_after: {e}")))?,
+                        parse_duration(s)
+                            .map_err(|e| bad(format!("{}: seal_after: {e}", at("seal_after"))))?,
                     ),
                 };
             }
             if let Some(r) = l.retention {
                 cfg.retention = match r.as_str() {
                     "forever" => None,
-                    s => {
-                        Some(parse_duration(s).map_err(|e| bad(format!("{ctx}: retention: {e}")))?)
-                    }
+                    s => Some(
+                        parse_duration(s)
+                            .map_err(|e| bad(format!("{}: retention: {e}", at("retention"))))?,
+                    ),
                 };
             }
             if let Some(w) = l.retention_window {
-                let w =
-                    parse_duration(&w).map_err(|e| bad(format!("{ctx}: retention_window: {e}")))?;
+                let w = parse_duration(&w).map_err(|e| {
+                    bad(format!("{}: retention_window: {e}", at("retention_window")))
+                })?;
                 if w < Duration::from_secs(1) {
-                    return Err(bad(format!("{ctx}: retention_window must be at least 1s")));
+                    return Err(bad(format!(
+                        "{}: retention_window must be at least 1s",
+                        at("retention_window")
+                    )));
                 }
                 if cfg.retention.is_some_and(|r| w > r) {
                     return Err(bad(format!(
-                        "{ctx}: retention_window is longer than retention: the first entries \
-                         of a window would be kept a window longer than the policy allows"
+                        "{}: retention_window is longer than retention: the first entries \
+                         of a window would be kept a window longer than the policy allows",
+                        at("retention_window")
                     )));
                 }
                 cfg.retention_window = Some(w);
             }
             if cfg.retention.is_some_and(|r| r.is_zero()) {
-                return Err(bad(format!("{ctx}: retention must be more than 0")));
+                return Err(bad(format!(
+                    "{}: retention must be more than 0",
+                    at("retention")
+                )));
             }
             if let Some(e) = l.erasable {
                 cfg.erasable = e;
@@ -423,5 +476,20 @@ mod tests {
         // Syntax errors carry a line number.
         let err = FileConfig::parse("[[log]]\nname = \n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+        // So do invalid and contradictory policies: the line of the setting,
+        // in the right [[log]] table, past other tables.
+        let text = "[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention = \"1d\"\n\
+                    [limits]\nmax_payload_bytes = 10\n\
+                    [[log]]\nname = \"b\"\norigin = \"x/b\"\nretention = \"1d\"\n\
+                    retention_window = \"2d\"\n";
+        let err = FileConfig::parse(text)
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("line 11: [[log]] \"b\": retention_window"),
+            "{err}"
+        );
     }
 }
