@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use auditlog::store::{PayloadState, Store};
 use auditlog::verify::store::verify_data_dir;
+use common::server::start_in;
 use common::*;
 
 const S: i64 = 1_000_000_000;
@@ -154,5 +155,92 @@ fn a_kill_at_any_step_of_a_rewrite_leaves_no_half_removed_entry() {
             !seg.windows(7).any(|w| w == b"SECRET-"),
             "{step}: payload bytes remain"
         );
+    }
+}
+
+const CHATS: &str = r#"
+[[log]]
+name = "chats"
+origin = "audit.example.com/chats"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_at_any_step_of_an_erasure_restarts_whole() {
+    use auditlog::proto::{AppendRequest, EntryInput, GetEntryRequest, PayloadState as P};
+    let seed = tempfile::tempdir().unwrap();
+    let server = start_in(tempfile::tempdir().unwrap(), Some(CHATS), &[]);
+    let mut c = server.client().await;
+    for i in 0..6u64 {
+        c.append(AppendRequest {
+            log: "chats".into(),
+            entries: vec![EntryInput {
+                subject: format!("user:{}", i % 2),
+                actor: "user:0".into(),
+                kind: "chat.message".into(),
+                content_type: "text/plain".into(),
+                payload: payload(i).into_bytes(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    }
+    copy_dir(server.stop().path(), seed.path());
+
+    for step in STEPS {
+        let data = tempfile::tempdir().unwrap();
+        copy_dir(seed.path(), data.path());
+        let mut server = start_in(data, Some(CHATS), &[("AUDITLOG_FAILPOINT", step)]);
+        let (code, _, _) = server.cli(&["erase", "--log", "chats", "--subject", "user:1"]);
+        assert_eq!(code, Some(2), "{step}: the server should have died");
+        let status = server.child.wait().unwrap();
+        assert!(!status.success(), "{step}: {status:?}");
+
+        let server = start_in(server.data, Some(CHATS), &[]);
+        let mut c = server.client().await;
+        let mut states = Vec::new();
+        for seq in 0..6u64 {
+            let e = c
+                .get_entry(GetEntryRequest {
+                    log: "chats".into(),
+                    seq,
+                    tree_size: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entry
+                .unwrap();
+            if e.payload_state == P::Present as i32 {
+                assert_eq!(e.payload, payload(seq).as_bytes(), "{step}");
+            } else {
+                assert!(e.payload.is_empty() && e.salt.is_empty(), "{step}");
+            }
+            states.push(e.payload_state);
+        }
+        let erased: Vec<u64> = (0..6)
+            .filter(|&s| states[s as usize] == P::Erased as i32)
+            .collect();
+        assert!(
+            erased.is_empty() || erased == vec![1, 3, 5],
+            "{step}: half an erasure: {erased:?}"
+        );
+        // The erasure was recorded before anything was removed.
+        let (_, out, _) = server.cli(&["get", "--log", "_system", "--seq", "0"]);
+        assert!(out.contains("\"kind\": \"erase\""), "{step}: {out}");
+        // Asking again finishes it.
+        let (code, out, err) = server.cli(&["erase", "--log", "chats", "--subject", "user:1"]);
+        assert_eq!(code, Some(0), "{step}: {err}");
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            answer["logs"][0]["erased"].as_u64().unwrap()
+                + answer["logs"][0]["already_removed"].as_u64().unwrap(),
+            3,
+            "{step}"
+        );
+        let data = server.stop();
+        let keys = auditlog::keys::load_verifiers(&data.path().join("keys/verifier.pub")).unwrap();
+        let report = verify_data_dir(data.path(), &keys).unwrap();
+        assert!(report.is_valid(), "{step}: {:?}", report.findings);
     }
 }

@@ -13,8 +13,13 @@ pub struct Server {
 }
 
 pub fn start(config: Option<&str>) -> Server {
-    let data = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), config, &[])
+}
+
+/// Starts a server on an existing data directory, with extra environment.
+pub fn start_in(data: tempfile::TempDir, config: Option<&str>, env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditlog"));
+    cmd.envs(env.iter().copied());
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(data.path())
