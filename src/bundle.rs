@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::core::checkpoint::Checkpoint;
 use crate::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
 use crate::core::hash::{Blake3, Hash};
-use crate::core::merkle::{proof_from_bytes, verify_consistency, verify_inclusion};
+use crate::core::merkle::{verify_consistency, InclusionVerifier};
 use crate::core::note::VerifierKey;
 use crate::core::seal::Seal;
 use crate::verify::store::{checkpoint_verdict, seal_verdict};
@@ -210,13 +210,40 @@ enum Line {
     },
 }
 
+/// An entry line borrowed from its text: the common line parsed with no
+/// allocation per field. Same fields and strictness as [`Line::Entry`];
+/// a line it does not take (another type, or strings with escapes) goes
+/// through [`Line`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryLineRef<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    encoding: &'a str,
+    payload_state: &'a str,
+    #[serde(default)]
+    salt: Option<&'a str>,
+    #[serde(default)]
+    payload: Option<&'a str>,
+    #[serde(borrow)]
+    inclusion_proof: Vec<&'a str>,
+}
+
 fn unb64(s: &str) -> Option<Vec<u8>> {
     B64.decode(s).ok()
 }
 
-fn proof_of(list: &[String]) -> Option<Vec<Hash>> {
-    let raw: Option<Vec<Vec<u8>>> = list.iter().map(|s| unb64(s)).collect();
-    proof_from_bytes(&raw?).ok()
+/// A proof from its base64 elements, each exactly 32 bytes.
+fn proof_of<S: AsRef<str>>(list: &[S]) -> Option<Vec<Hash>> {
+    list.iter()
+        .map(|s| {
+            let mut buf = [0u8; 48];
+            match B64.decode_slice(s.as_ref(), &mut buf) {
+                Ok(32) => Some(Hash(buf[..32].try_into().expect("32 bytes"))),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// What a verified bundle held (for reports).
@@ -239,7 +266,7 @@ pub struct BundleSummary {
 /// list, not the first. `since` optionally carries a checkpoint the reviewer
 /// holds (a receipt's); the bundle must prove it is a prefix of its own.
 pub fn verify_bundle(
-    input: impl BufRead,
+    input: impl BufRead + Send,
     keys: &[VerifierKey],
     since: Option<&str>,
 ) -> (Report, BundleSummary) {
@@ -314,168 +341,183 @@ pub fn verify_bundle(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);
-    let mut chunk: Vec<(usize, Result<String, String>)> = Vec::with_capacity(CHUNK_LINES);
-    let mut done = false;
-    while !done {
-        chunk.clear();
-        while chunk.len() < CHUNK_LINES {
-            match lines.next() {
-                Some(l) => chunk.push((lines.line, l)),
-                None => {
-                    done = true;
-                    break;
+    // A reader thread splits lines while the chunk before is checked.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<RawLine>, bool)>(2);
+        scope.spawn(move || loop {
+            let mut chunk = Vec::with_capacity(CHUNK_LINES);
+            let mut last = false;
+            while chunk.len() < CHUNK_LINES {
+                match lines.next() {
+                    Some(l) => chunk.push((lines.line, l)),
+                    None => {
+                        last = true;
+                        break;
+                    }
                 }
             }
-        }
-        let checked = precheck_all(&chunk, threads, &header.origin, &cp);
-        for ((n, _), pre) in chunk.iter().zip(checked) {
-            let n = *n;
-            let parsed = match pre {
-                Pre::Unreadable(e) => {
-                    report.add(Verdict::Malformed, &log, None, None, "line", e);
-                    done = true;
-                    break;
-                }
-                _ if ended.is_some() => {
-                    report.add(
-                        Verdict::Malformed,
-                        &log,
-                        None,
-                        None,
-                        "end",
-                        format!("line {n} after the end line"),
-                    );
-                    done = true;
-                    break;
-                }
-                Pre::NotJson(e) => {
-                    report.add(
-                        Verdict::Malformed,
-                        &log,
-                        None,
-                        None,
-                        "line",
-                        format!("line {n}: {e}"),
-                    );
-                    continue;
-                }
-                Pre::Entry(check) => {
-                    report.findings.extend(check.findings.into_iter().map(
-                        |(verdict, seq, field, detail)| crate::verify::Finding {
-                            verdict,
-                            log: log.clone(),
-                            seq,
-                            segment: None,
-                            field: field.to_owned(),
-                            detail,
-                        },
-                    ));
-                    let Some((seq, leaf, prev_link)) = check.decoded else {
+            if tx.send((chunk, last)).is_err() || last {
+                break;
+            }
+        });
+        let mut done = false;
+        while !done {
+            let Ok((chunk, last)) = rx.recv() else { break };
+            done = last;
+            let checked = precheck_all(&chunk, threads, &header.origin, &cp);
+            for ((n, _), pre) in chunk.iter().zip(checked) {
+                let n = *n;
+                let parsed = match pre {
+                    Pre::Unreadable(e) => {
+                        report.add(Verdict::Malformed, &log, None, None, "line", e);
+                        done = true;
+                        break;
+                    }
+                    _ if ended.is_some() => {
+                        report.add(
+                            Verdict::Malformed,
+                            &log,
+                            None,
+                            None,
+                            "end",
+                            format!("line {n} after the end line"),
+                        );
+                        done = true;
+                        break;
+                    }
+                    Pre::NotJson(e) => {
+                        report.add(
+                            Verdict::Malformed,
+                            &log,
+                            None,
+                            None,
+                            "line",
+                            format!("line {n}: {e}"),
+                        );
                         continue;
-                    };
-                    report.entries_checked += 1;
-                    if let Some((pseq, pleaf)) = prev {
-                        if seq <= pseq {
-                            report.add(
-                                Verdict::ChainBroken,
-                                &log,
-                                Some(seq),
-                                None,
-                                "seq",
-                                format!("entry {seq} after entry {pseq}: out of order or repeated"),
-                            );
-                        } else if seq == pseq + 1 && prev_link != pleaf {
-                            report.add(
-                                Verdict::ChainBroken,
-                                &log,
-                                Some(seq),
-                                None,
-                                "prev_leaf_hash",
-                                "does not link to the previous entry",
-                            );
+                    }
+                    Pre::Entry(check) => {
+                        report.findings.extend(check.findings.into_iter().map(
+                            |(verdict, seq, field, detail)| crate::verify::Finding {
+                                verdict,
+                                log: log.clone(),
+                                seq,
+                                segment: None,
+                                field: field.to_owned(),
+                                detail,
+                            },
+                        ));
+                        let Some((seq, leaf, prev_link)) = check.decoded else {
+                            continue;
+                        };
+                        report.entries_checked += 1;
+                        if let Some((pseq, pleaf)) = prev {
+                            if seq <= pseq {
+                                report.add(
+                                    Verdict::ChainBroken,
+                                    &log,
+                                    Some(seq),
+                                    None,
+                                    "seq",
+                                    format!(
+                                        "entry {seq} after entry {pseq}: out of order or repeated"
+                                    ),
+                                );
+                            } else if seq == pseq + 1 && prev_link != pleaf {
+                                report.add(
+                                    Verdict::ChainBroken,
+                                    &log,
+                                    Some(seq),
+                                    None,
+                                    "prev_leaf_hash",
+                                    "does not link to the previous entry",
+                                );
+                            }
                         }
+                        prev = Some((seq, leaf));
+                        seqs.push(seq);
+                        summary.entries += 1;
+                        continue;
                     }
-                    prev = Some((seq, leaf));
-                    seqs.push(seq);
-                    summary.entries += 1;
-                    continue;
-                }
-                Pre::Other(line) => line,
-            };
-            match parsed {
-                Line::Entry { .. } => unreachable!("entries are handled above"),
-                Line::Seal {
-                    seal,
-                    consistency_proof,
-                } => match Seal::open(&seal, keys) {
-                    Err(e) => {
-                        report.add(seal_verdict(&e), &log, None, None, "seal", e.to_string());
-                    }
-                    Ok((s, _)) => {
-                        report.seals_checked += 1;
-                        if s.origin != header.origin {
-                            report.add(
-                                Verdict::ChainBroken,
-                                &log,
-                                None,
-                                Some(s.segment),
-                                "seal",
-                                "seal of another log",
-                            );
-                        } else if s.end_seq > cp.size {
-                            report.add(
-                                Verdict::BadProof,
-                                &log,
-                                None,
-                                Some(s.segment),
-                                "seal",
-                                "seal is beyond the bundle's checkpoint",
-                            );
-                        } else if s.end_seq > 0 {
-                            match proof_of(&consistency_proof) {
-                                None => report.add(
-                                    Verdict::Malformed,
+                    Pre::Other(line) => line,
+                };
+                match parsed {
+                    Line::Entry { .. } => unreachable!("entries are handled above"),
+                    Line::Seal {
+                        seal,
+                        consistency_proof,
+                    } => match Seal::open(&seal, keys) {
+                        Err(e) => {
+                            report.add(seal_verdict(&e), &log, None, None, "seal", e.to_string());
+                        }
+                        Ok((s, _)) => {
+                            report.seals_checked += 1;
+                            if s.origin != header.origin {
+                                report.add(
+                                    Verdict::ChainBroken,
                                     &log,
                                     None,
                                     Some(s.segment),
                                     "seal",
-                                    "bad consistency proof encoding",
-                                ),
-                                Some(p) => {
-                                    if let Err(e) = verify_consistency::<Blake3>(
-                                        s.end_seq,
-                                        cp.size,
-                                        &p,
-                                        &s.tree_root,
-                                        &cp.root,
-                                    ) {
-                                        report.add(Verdict::BadProof, &log, None, Some(s.segment), "seal", format!("seal's tree is not a prefix of the checkpoint's: {e}"));
+                                    "seal of another log",
+                                );
+                            } else if s.end_seq > cp.size {
+                                report.add(
+                                    Verdict::BadProof,
+                                    &log,
+                                    None,
+                                    Some(s.segment),
+                                    "seal",
+                                    "seal is beyond the bundle's checkpoint",
+                                );
+                            } else if s.end_seq > 0 {
+                                match proof_of(&consistency_proof) {
+                                    None => report.add(
+                                        Verdict::Malformed,
+                                        &log,
+                                        None,
+                                        Some(s.segment),
+                                        "seal",
+                                        "bad consistency proof encoding",
+                                    ),
+                                    Some(p) => {
+                                        if let Err(e) = verify_consistency::<Blake3>(
+                                            s.end_seq,
+                                            cp.size,
+                                            &p,
+                                            &s.tree_root,
+                                            &cp.root,
+                                        ) {
+                                            report.add(Verdict::BadProof, &log, None, Some(s.segment), "seal", format!("seal's tree is not a prefix of the checkpoint's: {e}"));
+                                        }
                                     }
                                 }
                             }
                         }
-                    }
-                },
-                Line::Since {
-                    checkpoint,
-                    consistency_proof,
-                } => {
-                    let given = since.unwrap_or(checkpoint.as_str());
-                    match Checkpoint::open(given, keys, Some(&header.origin)) {
-                    Err(e) => report.add(Verdict::BadSignature, &log, None, None, "since", e.to_string()),
-                    Ok((old, _)) => match proof_of(&consistency_proof) {
-                        None => report.add(Verdict::Malformed, &log, None, None, "since", "bad consistency proof encoding"),
-                        Some(p) => match verify_consistency::<Blake3>(old.size, cp.size, &p, &old.root, &cp.root) {
-                            Ok(()) => since_proven = true,
-                            Err(e) => report.add(Verdict::BadProof, &log, None, None, "since", format!("the earlier checkpoint (size {}) is not a prefix of this one: {e}", old.size)),
-                        },
                     },
+                    Line::Since {
+                        checkpoint,
+                        consistency_proof,
+                    } => {
+                        let given = since.unwrap_or(checkpoint.as_str());
+                        match Checkpoint::open(given, keys, Some(&header.origin)) {
+                        Err(e) => report.add(Verdict::BadSignature, &log, None, None, "since", e.to_string()),
+                        Ok((old, _)) => match proof_of(&consistency_proof) {
+                            None => report.add(Verdict::Malformed, &log, None, None, "since", "bad consistency proof encoding"),
+                            Some(p) => match verify_consistency::<Blake3>(old.size, cp.size, &p, &old.root, &cp.root) {
+                                Ok(()) => since_proven = true,
+                                Err(e) => report.add(Verdict::BadProof, &log, None, None, "since", format!("the earlier checkpoint (size {}) is not a prefix of this one: {e}", old.size)),
+                            },
+                        },
+                    }
+                    }
+                    Line::End { entries } => ended = Some(entries),
                 }
-                }
-                Line::End { entries } => ended = Some(entries),
             }
         }
-    }
+        // Dropping the receiver stops the reader at its next chunk.
+        drop(rx);
+    });
     match ended {
         None => report.add(
             Verdict::Truncated,
@@ -534,6 +576,9 @@ pub fn verify_bundle(
 /// Lines parsed and checked per parallel round.
 const CHUNK_LINES: usize = 2048;
 
+/// A line as read: its number and its text, or why it could not be read.
+type RawLine = (usize, Result<String, String>);
+
 /// A line after the order-independent work.
 enum Pre {
     /// The line could not be read (too long, not UTF-8, I/O).
@@ -562,9 +607,8 @@ fn precheck_all(
     origin: &str,
     cp: &Checkpoint,
 ) -> Vec<Pre> {
-    let one = |(n, l): &(usize, Result<String, String>)| match l {
-        Err(e) => Pre::Unreadable(e.clone()),
-        Ok(text) => match serde_json::from_str::<Line>(text) {
+    let one_slow = |v: &mut InclusionVerifier<Blake3>, n: usize, text: &str| {
+        match serde_json::from_str::<Line>(text) {
             Err(e) => Pre::NotJson(e.to_string()),
             Ok(Line::Entry {
                 encoding,
@@ -573,26 +617,52 @@ fn precheck_all(
                 payload,
                 inclusion_proof,
             }) => Pre::Entry(check_entry(
-                *n,
+                n,
                 &encoding,
                 &payload_state,
                 salt.as_deref(),
                 payload.as_deref(),
                 &inclusion_proof,
                 origin,
-                cp,
+                v,
             )),
             Ok(other) => Pre::Other(other),
+        }
+    };
+    // Each part remembers its last verified path: lines come in seq order.
+    let one = |v: &mut InclusionVerifier<Blake3>, (n, l): &(usize, Result<String, String>)| match l
+    {
+        Err(e) => Pre::Unreadable(e.clone()),
+        Ok(text) => match serde_json::from_str::<EntryLineRef<'_>>(text) {
+            Ok(e) if e.kind == "entry" => Pre::Entry(check_entry(
+                *n,
+                e.encoding,
+                e.payload_state,
+                e.salt,
+                e.payload,
+                &e.inclusion_proof,
+                origin,
+                v,
+            )),
+            _ => one_slow(v, *n, text),
         },
     };
+
+    let verifier = || InclusionVerifier::<Blake3>::new(cp.size, cp.root);
     if threads <= 1 || chunk.len() < 64 {
-        return chunk.iter().map(one).collect();
+        let mut v = verifier();
+        return chunk.iter().map(|l| one(&mut v, l)).collect();
     }
     let per = chunk.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = chunk
             .chunks(per)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut v = verifier();
+                    part.iter().map(|l| one(&mut v, l)).collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -613,9 +683,9 @@ fn check_entry(
     payload_state: &str,
     salt: Option<&str>,
     payload: Option<&str>,
-    inclusion_proof: &[String],
+    inclusion_proof: &[impl AsRef<str>],
     origin: &str,
-    cp: &Checkpoint,
+    verifier: &mut InclusionVerifier<Blake3>,
 ) -> EntryCheck {
     let mut findings: Vec<EntryFinding> = Vec::new();
     let Some(enc) = unb64(encoding) else {
@@ -663,7 +733,7 @@ fn check_entry(
             "not a list of 32-byte base64 hashes".into(),
         )),
         Some(p) => {
-            if let Err(e) = verify_inclusion::<Blake3>(seq, cp.size, &leaf, &p, &cp.root) {
+            if let Err(e) = verifier.verify(seq, &leaf, &p) {
                 findings.push((
                     Verdict::BadProof,
                     Some(seq),

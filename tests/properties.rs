@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use auditlog::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
 use auditlog::core::hash::{Blake3, Hash, TreeHasher};
 use auditlog::core::merkle::{
-    consistency_proof, inclusion_proof, root_at, verify_consistency, verify_inclusion, MemoryTree,
+    consistency_proof, inclusion_proof, root_at, verify_consistency, verify_inclusion,
+    InclusionVerifier, MemoryTree,
 };
 use proptest::prelude::*;
 
@@ -124,6 +125,51 @@ prop_compose! {
             payload_len: payload.len() as u64,
             payload_commitment: commit_payload(&Salt(salt), &payload),
             prev_leaf_hash: Hash(prev),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The path-remembering verifier answers exactly as `verify_inclusion`
+    /// for any sequence of proofs: runs of consecutive leaves (its fast
+    /// path), jumps, repeats, and tampered proofs, leaves and indexes mixed
+    /// in, before and after good ones.
+    #[test]
+    fn remembering_verifier_is_exactly_as_strict(
+        n in 1u64..2000,
+        steps in proptest::collection::vec((any::<u64>(), 0u8..8, 0usize..256), 1..120),
+    ) {
+        let (tree, leaves) = tree_of(n);
+        let root = root_at::<Blake3>(&tree, n).unwrap();
+        let mut v = InclusionVerifier::<Blake3>::new(n, root);
+        let mut at = 0u64;
+        for (seed, how, bit) in steps {
+            // Mostly the next leaf; sometimes a jump.
+            at = if seed % 5 == 0 { seed % n } else { (at + 1) % n };
+            let mut index = at;
+            let mut leaf = leaves[at as usize];
+            let mut proof = inclusion_proof::<Blake3>(&tree, at, n).unwrap();
+            match how {
+                0 if !proof.is_empty() => {
+                    let k = (seed as usize / 7) % proof.len();
+                    proof[k] = flip(&proof[k], bit);
+                }
+                1 => leaf = flip(&leaf, bit),
+                2 => index = (at + 1) % n,
+                3 if !proof.is_empty() => {
+                    proof.pop();
+                }
+                4 if proof.len() > 1 => {
+                    let last = proof.len() - 1;
+                    proof.swap(0, last);
+                }
+                _ => {}
+            }
+            let want = verify_inclusion::<Blake3>(index, n, &leaf, &proof, &root).is_ok();
+            let got = v.verify(index, &leaf, &proof).is_ok();
+            prop_assert_eq!(got, want, "leaf {} as {} (tamper {})", at, index, how);
         }
     }
 }

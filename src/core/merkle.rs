@@ -552,6 +552,135 @@ pub fn verify_inclusion<H: TreeHasher>(
     Ok(())
 }
 
+/// Verifies many inclusion proofs against one tree (size and root),
+/// remembering the path of the last proof that verified: leaves close to
+/// each other share most of their path, so a proof after the first costs
+/// the hashes below the point where its path meets the remembered one
+/// (about one for consecutive leaves, instead of log n) plus a comparison
+/// of the rest of the proof with the remembered siblings.
+///
+/// Exactly as strict as [`verify_inclusion`]: a hash is skipped only when
+/// both of its inputs equal nodes of a path already verified against the
+/// root, at the same positions, so its output is that path's node.
+pub struct InclusionVerifier<H: TreeHasher> {
+    size: u64,
+    root: Hash,
+    /// The last verified path.
+    last: Option<VerifiedPath>,
+    _hasher: std::marker::PhantomData<H>,
+}
+
+/// A path verified against the root: its inner levels, the node at each
+/// inner level `0..=inner` (index at that level, hash), and its proof.
+struct VerifiedPath {
+    inner: usize,
+    nodes: Vec<(u64, Hash)>,
+    proof: Vec<Hash>,
+}
+
+impl<H: TreeHasher> InclusionVerifier<H> {
+    /// A verifier for the tree of `size` leaves with root `root`.
+    #[must_use]
+    pub fn new(size: u64, root: Hash) -> InclusionVerifier<H> {
+        InclusionVerifier {
+            size,
+            root,
+            last: None,
+            _hasher: std::marker::PhantomData,
+        }
+    }
+
+    /// Verifies that `leaf` is leaf `index` of the tree.
+    ///
+    /// # Errors
+    /// Any [`ProofError`], as [`verify_inclusion`].
+    pub fn verify(&mut self, index: u64, leaf: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
+        let size = self.size;
+        if index >= size {
+            return Err(ProofError::IndexOutOfRange { index, size });
+        }
+        let (inner, border) = decompose_inclusion(index, size);
+        if proof.len() != inner + border {
+            return Err(ProofError::WrongLength {
+                expected: inner + border,
+                got: proof.len(),
+            });
+        }
+        let mut nodes = Vec::with_capacity(inner + 1);
+        let mut acc = *leaf;
+        let mut level = 0;
+        let mut known = false;
+        if let Some(VerifiedPath {
+            inner: last_inner,
+            nodes: last_nodes,
+            proof: last_proof,
+        }) = &self.last
+        {
+            if *last_inner == inner {
+                while level < inner {
+                    let at = index >> level;
+                    let (last_at, last_hash) = last_nodes[level];
+                    if at == last_at && acc == last_hash {
+                        // On the verified path from here: the rest of the
+                        // proof must be the verified path's.
+                        known = proof[level..] == last_proof[level..];
+                        break;
+                    }
+                    nodes.push((at, acc));
+                    acc = if at ^ 1 == last_at
+                        && acc == last_proof[level]
+                        && proof[level] == last_hash
+                    {
+                        // The sibling of a verified node, and that node:
+                        // their parent is the verified path's next node.
+                        last_nodes[level + 1].1
+                    } else if at & 1 == 0 {
+                        H::hash_children(&acc, &proof[level])
+                    } else {
+                        H::hash_children(&proof[level], &acc)
+                    };
+                    level += 1;
+                }
+                if !known && level == inner {
+                    known = acc == last_nodes[inner].1 && proof[inner..] == last_proof[inner..];
+                }
+            }
+        }
+        if known {
+            nodes.extend((level..=inner).map(|l| (index >> l, self.last_node(l))));
+        } else {
+            // Hash the rest of the way, then check the root.
+            while level < inner {
+                nodes.push((index >> level, acc));
+                acc = if (index >> level) & 1 == 0 {
+                    H::hash_children(&acc, &proof[level])
+                } else {
+                    H::hash_children(&proof[level], &acc)
+                };
+                level += 1;
+            }
+            nodes.push((index >> inner, acc));
+            let computed = chain_border_right::<H>(acc, &proof[inner..]);
+            if computed != self.root {
+                return Err(ProofError::RootMismatch {
+                    computed,
+                    expected: self.root,
+                });
+            }
+        }
+        self.last = Some(VerifiedPath {
+            inner,
+            nodes,
+            proof: proof.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn last_node(&self, level: usize) -> Hash {
+        self.last.as_ref().map_or(Hash::ZERO, |l| l.nodes[level].1)
+    }
+}
+
 /// Verifies that the tree of `size1` leaves with root `root1` is a prefix of
 /// the tree of `size2` leaves with root `root2`.
 ///
