@@ -15,7 +15,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use auditlog::proto;
-use auditlog::proto::audit_log_client::AuditLogClient;
 
 /// Where the server is, for verbs that work across logs.
 #[derive(Args, Clone, Debug)]
@@ -144,7 +143,7 @@ pub fn hold(cmd: HoldCommand) -> Result<(), Box<dyn std::error::Error>> {
                 case_id,
                 reason,
             } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let h = c
                     .place_hold(proto::PlaceHoldRequest {
                         log: log.unwrap_or_default(),
@@ -161,7 +160,7 @@ pub fn hold(cmd: HoldCommand) -> Result<(), Box<dyn std::error::Error>> {
                 println!("{}", serde_json::to_string_pretty(&hold_json(&h))?);
             }
             HoldCommand::Release { at, id, reason } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let h = c
                     .release_hold(proto::ReleaseHoldRequest {
                         id,
@@ -178,7 +177,7 @@ pub fn hold(cmd: HoldCommand) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
             HoldCommand::List { at, log } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let r = c
                     .list_holds(proto::ListHoldsRequest {
                         log: log.unwrap_or_default(),
@@ -205,7 +204,7 @@ pub fn erase(
     actor: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     runtime()?.block_on(async move {
-        let mut c = AuditLogClient::connect(at.server).await?;
+        let mut c = crate::cli_conn::connect(at.server).await?;
         let r = c
             .erase(proto::EraseRequest {
                 log: log.unwrap_or_default(),
@@ -264,7 +263,7 @@ pub fn retention(cmd: RetentionCommand) -> Result<(), Box<dyn std::error::Error>
         (_, Some(dir)) => retention_offline(&dir, config.as_deref(), key, dry_run, &requested_by)?,
         (server, None) => runtime()?.block_on(async move {
             let server = server.unwrap_or_else(|| "http://127.0.0.1:50051".into());
-            let mut c = AuditLogClient::connect(server).await?;
+            let mut c = crate::cli_conn::connect(server).await?;
             let r = c
                 .apply_retention(proto::ApplyRetentionRequest {
                     dry_run,
@@ -411,9 +410,7 @@ pub fn export_records(
         _ => return Err("give exactly one of --subject and --actor".into()),
     };
     let entries = runtime()?.block_on(async move {
-        let mut c = AuditLogClient::connect(server)
-            .await?
-            .max_decoding_message_size(64 << 20);
+        let mut c = crate::cli_conn::connect(server).await?;
         let mut stream = c
             .find_entries(proto::FindEntriesRequest {
                 log: log.unwrap_or_default(),

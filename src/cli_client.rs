@@ -13,7 +13,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use auditlog::proto;
-use auditlog::proto::audit_log_client::AuditLogClient;
 
 /// Where the server is.
 #[derive(Args, Clone, Debug)]
@@ -146,7 +145,7 @@ pub fn run(cmd: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
                         b
                     }
                 };
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let r = c
                     .append(proto::AppendRequest {
                         log: at.log,
@@ -173,7 +172,7 @@ pub fn run(cmd: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
                 })
             }
             ClientCommand::Get { at, seq, tree_size } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let r = c
                     .get_entry(proto::GetEntryRequest {
                         log: at.log,
@@ -205,7 +204,7 @@ pub fn run(cmd: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
                 })
             }
             ClientCommand::Checkpoint { at } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let r = c
                     .get_checkpoint(proto::GetCheckpointRequest { log: at.log })
                     .await?
@@ -214,7 +213,7 @@ pub fn run(cmd: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
                 return Ok(());
             }
             ClientCommand::Seal { at } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let s = c
                     .seal(proto::SealRequest { log: at.log })
                     .await?
@@ -224,7 +223,7 @@ pub fn run(cmd: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
                 json!({ "segment": s.index, "first_seq": s.first_seq, "end_seq": s.end_seq, "seal": s.seal })
             }
             ClientCommand::Segments { at } => {
-                let mut c = AuditLogClient::connect(at.server).await?;
+                let mut c = crate::cli_conn::connect(at.server).await?;
                 let r = c
                     .list_segments(proto::ListSegmentsRequest { log: at.log })
                     .await?

@@ -77,9 +77,28 @@ pub struct FileConfig {
     /// Logs.
     #[serde(default)]
     pub log: Vec<LogSection>,
+    /// Bearer tokens.
+    #[serde(default)]
+    pub token: Vec<TokenSection>,
     /// The text parsed, to give line numbers in errors.
     #[serde(skip)]
     pub source: Option<String>,
+}
+
+/// `[[token]]`: a bearer token, by the SHA-256 of its secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// Name, recorded in the access log.
+    pub name: String,
+    /// Hex SHA-256 of the secret (never the secret).
+    pub sha256: String,
+    /// `writer`, `reader`, `auditor` or `admin`.
+    pub role: String,
+    /// Logs it may touch (all when absent).
+    pub logs: Option<Vec<String>>,
+    /// Subject prefixes it may touch (all when absent).
+    pub subjects: Option<Vec<String>>,
 }
 
 /// `[limits]`.
@@ -115,6 +134,11 @@ pub struct LogSection {
     pub retention_window: Option<String>,
     /// Whether entries may be erased on request (default true).
     pub erasable: Option<bool>,
+}
+
+/// Whether `name` is a configured log or one of the server's own.
+fn logs_named(configured: &[String], name: &str) -> bool {
+    configured.iter().any(|l| l == name) || crate::auth::PRIVILEGED_LOGS.contains(&name)
 }
 
 /// Line (from 1) of `key = ...` in the `index`-th `[[log]]` table of
@@ -185,6 +209,10 @@ pub struct Config {
     pub limits: Limits,
     /// How often the server runs retention expiry.
     pub retention_check_every: Duration,
+    /// Bearer tokens (none: an open server, loopback only).
+    pub tokens: Vec<crate::auth::TokenSpec>,
+    /// Serve without tokens on any address (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
     /// Logs.
     pub logs: Vec<LogConfig>,
 }
@@ -365,6 +393,7 @@ impl FileConfig {
         if logs.is_empty() {
             logs.push(LogConfig::new("default", "localhost/default"));
         }
+        let logs_for_tokens: Vec<String> = logs.iter().map(|l| l.name.clone()).collect();
         let retention_check_every = match &self.retention_check_every {
             None => Duration::from_secs(60),
             Some(s) => {
@@ -376,7 +405,50 @@ impl FileConfig {
                 d
             }
         };
+        let mut tokens = Vec::new();
+        let mut token_names = HashSet::new();
+        for t in self.token {
+            let ctx = format!("[[token]] {:?}", t.name);
+            if t.name.is_empty() || !token_names.insert(t.name.clone()) {
+                return Err(bad(format!("{ctx}: names must be present and unique")));
+            }
+            let sha256 = hex::decode(&t.sha256)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{ctx}: sha256 must be 64 hex digits (the SHA-256 of the secret, \
+                         as `auditlog token create` prints it)"
+                    ))
+                })?;
+            let role = crate::auth::Role::parse(&t.role).map_err(|e| bad(format!("{ctx}: {e}")))?;
+            if let Some(logs) = &t.logs {
+                for l in logs {
+                    let known = logs_named(&logs_for_tokens, l);
+                    if !known {
+                        return Err(bad(format!("{ctx}: log {l:?} is not configured")));
+                    }
+                }
+            }
+            if t.subjects
+                .as_ref()
+                .is_some_and(|s| s.iter().any(String::is_empty))
+            {
+                return Err(bad(format!(
+                    "{ctx}: an empty subject prefix would match everything; leave subjects out"
+                )));
+            }
+            tokens.push(crate::auth::TokenSpec {
+                name: t.name,
+                sha256,
+                role,
+                logs: t.logs,
+                subjects: t.subjects,
+            });
+        }
         Ok(Config {
+            insecure_no_auth: false,
+            tokens,
             retention_check_every,
             data_dir: self
                 .data_dir

@@ -152,7 +152,7 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
-        let client = AuditLogClient::new(channel.clone())
+        let client = AuditLogClient::with_interceptor(channel.clone(), crate::cli_conn::bearer()?)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (stop, count, lat, payload, a) = (

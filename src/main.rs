@@ -9,12 +9,16 @@ use auditlog::keys;
 
 mod cli_admin;
 mod cli_client;
+mod cli_conn;
 mod loadgen;
 
 /// auditlog: a tamper-evident audit-log store with offline-verifiable evidence.
 #[derive(Parser)]
 #[command(name = "auditlog", version, about, long_about = None)]
 struct Cli {
+    /// Bearer token for the server (client verbs).
+    #[arg(long, global = true, env = "AUDITLOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +50,16 @@ enum Command {
         /// Signer key file (default DATA/keys/signer.key, created if missing).
         #[arg(long, env = "AUDITLOG_KEY")]
         key: Option<PathBuf>,
+        /// Serve with no [[token]] on a non-loopback address: anyone who
+        /// can connect may read and administer everything. For tests behind
+        /// another gate only.
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// Bearer tokens: create one.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCommand,
     },
     /// Create an Ed25519 signing key for a log.
     ///
@@ -221,8 +235,65 @@ fn admin_exit(verb: &str, r: Result<(), Box<dyn std::error::Error>>) -> ExitCode
     }
 }
 
+/// `auditlog token ...`.
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bearer token: prints the secret (once: it is stored
+    /// nowhere) and the [[token]] block to paste into the server config,
+    /// which holds only its SHA-256.
+    ///
+    /// Example: auditlog token create --name marketplace-backend --role writer
+    ///          --log orders --log chats
+    Create {
+        /// Name, recorded in the access log.
+        #[arg(long)]
+        name: String,
+        /// writer (append), reader (read within scope), auditor (read,
+        /// export and verify everything), admin (seal, holds, erasure).
+        #[arg(long, value_parser = ["writer", "reader", "auditor", "admin"])]
+        role: String,
+        /// A log it may touch (repeat; all logs when absent).
+        #[arg(long = "log")]
+        logs: Vec<String>,
+        /// A subject prefix it may touch, like "order:" (repeat; all when absent).
+        #[arg(long = "subject-prefix")]
+        subjects: Vec<String>,
+    },
+}
+
+fn token_create(
+    name: &str,
+    role: &str,
+    logs: &[String],
+    subjects: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = auditlog::auth::new_secret()?;
+    let digest = hex::encode(auditlog::auth::digest(&secret));
+    let list = |v: &[String]| {
+        let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    println!("secret (shown once; give it to the client as AUDITLOG_TOKEN): {secret}");
+    println!();
+    println!("[[token]]");
+    println!("name = {name:?}");
+    println!("sha256 = \"{digest}\"");
+    println!("role = {role:?}");
+    if !logs.is_empty() {
+        println!("logs = {}", list(logs));
+    }
+    if !subjects.is_empty() {
+        println!("subjects = {}", list(subjects));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(t) = &cli.token {
+        // The client verbs read it from there (see cli_conn).
+        std::env::set_var(cli_conn::TOKEN_ENV, t);
+    }
     match cli.command {
         Command::Bench(args) => match loadgen::run(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -322,11 +393,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token {
+            cmd:
+                TokenCommand::Create {
+                    name,
+                    role,
+                    logs,
+                    subjects,
+                },
+        } => match token_create(&name, &role, &logs, &subjects) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("auditlog token create: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve {
             config,
             data_dir,
             listen,
             key,
+            insecure_no_auth,
         } => {
             let file = match config {
                 Some(path) => match auditlog::config::FileConfig::load(&path) {
@@ -354,6 +441,7 @@ fn main() -> ExitCode {
             if key.is_some() {
                 cfg.key = key;
             }
+            cfg.insecure_no_auth = insecure_no_auth;
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -562,7 +650,7 @@ fn export_command(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut client = auditlog::proto::audit_log_client::AuditLogClient::connect(server).await?;
+        let mut client = cli_conn::connect(server).await?;
         let mut stream = client
             .export(auditlog::proto::ExportRequest {
                 log,

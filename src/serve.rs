@@ -49,6 +49,26 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .listen
         .parse()
         .map_err(|e| format!("--listen {:?}: {e}", config.listen))?;
+    if config.tokens.is_empty() {
+        if addr.ip().is_loopback() {
+            eprintln!(
+                "auditlog: WARNING: no [[token]] configured: the server is OPEN to anyone who \
+                 can connect to {addr} (loopback only). Create tokens with `auditlog token create`."
+            );
+        } else if config.insecure_no_auth {
+            eprintln!(
+                "auditlog: WARNING: --insecure-no-auth: serving {addr} with NO authentication: \
+                 anyone who can connect may read, export, erase and administer everything."
+            );
+        } else {
+            return Err(format!(
+                "refusing to serve {addr} without authentication: configure [[token]] entries \
+                 (see `auditlog token create`), listen on a loopback address, or pass \
+                 --insecure-no-auth"
+            )
+            .into());
+        }
+    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
     let (signer, created) = load_or_create_key(&config)?;
@@ -117,7 +137,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = Service::new(engine.clone(), Some(config.data_dir.clone()), verifier);
+    let service = Service::new(engine.clone(), Some(config.data_dir.clone()), verifier)
+        .with_tokens(crate::auth::Tokens::new(config.tokens.clone()));
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await

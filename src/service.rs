@@ -22,10 +22,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Action, Denied, Principal, Tokens};
 use crate::core::hash::Hash;
 use crate::core::note::VerifierKey;
 use crate::core::seal::SealReason;
-use crate::engine::admin::{AdminError, Hold, Target, SYSTEM_LOG};
+use crate::engine::admin::{AdminError, Hold, Target, ACCESS_LOG};
 use crate::engine::input::{AppendError, EntryInput};
 use crate::engine::{AppendOutcome, Engine, ReadError};
 use crate::proto;
@@ -48,6 +49,7 @@ pub struct Service {
     engine: Arc<Engine>,
     data_dir: Option<std::path::PathBuf>,
     verifier: VerifierKey,
+    tokens: Tokens,
 }
 
 impl Service {
@@ -62,6 +64,108 @@ impl Service {
             engine,
             data_dir,
             verifier,
+            tokens: Tokens::default(),
+        }
+    }
+
+    /// Requires bearer tokens (none: an open server).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: Tokens) -> Service {
+        self.tokens = tokens;
+        self
+    }
+
+    /// Who sent `request`.
+    fn who<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.tokens.authenticate(header).map_err(denied_status)
+    }
+
+    /// Checks `action` on `log` (and `subject`); a refusal is recorded in
+    /// the access log like any other answer.
+    async fn allow(
+        &self,
+        who: &Principal,
+        rpc: &str,
+        action: Action,
+        log: &str,
+        subject: Option<&str>,
+    ) -> Result<(), Status> {
+        match who.check(action, log, subject) {
+            Ok(()) => Ok(()),
+            Err(d) => {
+                let status = denied_status(d);
+                self.audit(who, rpc, log, subject, "", &Err::<(), _>(status.clone()))
+                    .await?;
+                Err(status)
+            }
+        }
+    }
+
+    /// Records an access (read, export, verify, administration) and its
+    /// answer in `_access`, then passes the answer on. When the record
+    /// cannot be written, the answer is withheld: nothing is read unseen.
+    async fn audit<T>(
+        &self,
+        who: &Principal,
+        rpc: &str,
+        log: &str,
+        subject: Option<&str>,
+        detail: &str,
+        result: &Result<T, Status>,
+    ) -> Result<(), Status> {
+        let code = match result {
+            Ok(_) => "OK".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        let body = serde_json::json!({
+            "rpc": rpc,
+            "log": log,
+            "subject": subject,
+            "detail": detail,
+            "token": who.name,
+            "role": who.role.as_str(),
+            "result": code,
+        });
+        let entry = EntryInput {
+            subject: subject.map_or_else(|| format!("log:{log}"), str::to_owned),
+            actor: format!("token:{}", who.name),
+            kind: format!("access.{rpc}"),
+            content_type: "application/json".into(),
+            payload: body.to_string().into_bytes(),
+            ..Default::default()
+        };
+        self.engine
+            .append(ACCESS_LOG, vec![entry])
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(format!("the access log cannot record this: {e}")))
+    }
+
+    /// Records the access, then answers.
+    async fn audited<T>(
+        &self,
+        who: &Principal,
+        rpc: &str,
+        log: &str,
+        subject: Option<&str>,
+        detail: &str,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        self.audit(who, rpc, log, subject, detail, &result).await?;
+        result
+    }
+
+    /// Who acts, for the system log: the token's name, or what an open
+    /// server's client says.
+    fn actor(who: &Principal, requested_by: String) -> String {
+        if who.open && !requested_by.is_empty() {
+            requested_by
+        } else {
+            who.name.clone()
         }
     }
 
@@ -102,6 +206,26 @@ pub fn read_status(e: ReadError) -> Status {
         ReadError::Store(StoreError::Corrupt { .. }) => Status::unavailable(msg),
         ReadError::Store(StoreError::UnknownLog(_)) => Status::not_found(msg),
         _ => Status::internal(msg),
+    }
+}
+
+/// May `who` append every entry of `r`? (Appends are not access-logged:
+/// they are in the log itself.)
+fn check_append(who: &Principal, r: &proto::AppendRequest) -> Result<(), Status> {
+    let log = log_name(&r.log);
+    who.check(Action::Append, log, None)
+        .map_err(denied_status)?;
+    for (i, e) in r.entries.iter().enumerate() {
+        who.check(Action::Append, log, Some(&e.subject))
+            .map_err(|d| Status::permission_denied(format!("entry {i}: {d}")))?;
+    }
+    Ok(())
+}
+
+fn denied_status(d: Denied) -> Status {
+    match d {
+        Denied::Unauthenticated => Status::unauthenticated(d.to_string()),
+        Denied::Forbidden(m) => Status::permission_denied(m),
     }
 }
 
@@ -261,7 +385,9 @@ impl AuditLog for Service {
         &self,
         request: Request<proto::AppendRequest>,
     ) -> Result<Response<proto::AppendResponse>, Status> {
+        let who = self.who(&request)?;
         let r = request.into_inner();
+        check_append(&who, &r)?;
         let entries = r.entries.into_iter().map(to_input).collect();
         let out = self
             .engine
@@ -277,6 +403,7 @@ impl AuditLog for Service {
         &self,
         request: Request<tonic::Streaming<proto::AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let who = self.who(&request)?;
         let mut inbound = request.into_inner();
         let engine = self.engine.clone();
         // Receivers travel in request order; the output side awaits them in
@@ -287,6 +414,7 @@ impl AuditLog for Service {
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let (item, permit) = match msg {
+                    Ok(r) if let Err(denied) = check_append(&who, &r) => (Err(denied), None),
                     Ok(r) => {
                         // Wait for room before taking more work: the next
                         // message stays in the transport meanwhile.
@@ -334,51 +462,90 @@ impl AuditLog for Service {
         &self,
         request: Request<proto::GetEntryRequest>,
     ) -> Result<Response<proto::GetEntryResponse>, Status> {
+        let who = self.who(&request)?;
         let r = request.into_inner();
+        let log = log_name(&r.log).to_owned();
+        self.allow(&who, "GetEntry", Action::Read, &log, None)
+            .await?;
         let engine = self.engine.clone();
-        blocking(move || {
-            let log = log_name(&r.log).to_owned();
-            let (entry, proof, checkpoint) = engine
-                .entry(&log, r.seq, r.tree_size)
-                .map_err(read_status)?;
+        let scope = who.clone();
+        let read_log = log.clone();
+        let result = blocking(move || {
+            let found = engine.entry(&read_log, r.seq, r.tree_size);
+            // A subject-scoped token learns nothing about entries outside
+            // its subjects, not even whether they exist.
+            if scope.subject_scoped() {
+                let inside = found.as_ref().is_ok_and(|(e, _, _)| {
+                    scope
+                        .check(Action::Read, &read_log, Some(&e.entry.subject))
+                        .is_ok()
+                });
+                if !inside {
+                    return Err(Status::permission_denied(scope.out_of_scope()));
+                }
+            }
+            let (entry, proof, checkpoint) = found.map_err(read_status)?;
             Ok(Response::new(proto::GetEntryResponse {
-                entry: Some(to_entry(&log, entry)),
+                entry: Some(to_entry(&read_log, entry)),
                 inclusion_proof: proof_bytes(&proof),
                 checkpoint,
             }))
         })
-        .await
+        .await;
+        let subject = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.get_ref().entry.as_ref())
+            .map(|e| e.subject.clone());
+        let detail = format!("seq {}", r.seq);
+        self.audited(&who, "GetEntry", &log, subject.as_deref(), &detail, result)
+            .await
     }
 
     async fn get_checkpoint(
         &self,
         request: Request<proto::GetCheckpointRequest>,
     ) -> Result<Response<proto::GetCheckpointResponse>, Status> {
+        let who = self.who(&request)?;
         let r = request.into_inner();
-        let (_, checkpoint) = self
+        let log = log_name(&r.log).to_owned();
+        self.allow(&who, "GetCheckpoint", Action::Read, &log, None)
+            .await?;
+        let result = self
             .engine
-            .checkpoint(log_name(&r.log))
-            .map_err(read_status)?
-            .ok_or_else(|| Status::not_found("the log is empty: no checkpoint yet"))?;
-        Ok(Response::new(proto::GetCheckpointResponse { checkpoint }))
+            .checkpoint(&log)
+            .map_err(read_status)
+            .and_then(|c| c.ok_or_else(|| Status::not_found("the log is empty: no checkpoint yet")))
+            .map(|(_, checkpoint)| Response::new(proto::GetCheckpointResponse { checkpoint }));
+        self.audited(&who, "GetCheckpoint", &log, None, "", result)
+            .await
     }
 
     async fn get_consistency_proof(
         &self,
         request: Request<proto::GetConsistencyProofRequest>,
     ) -> Result<Response<proto::GetConsistencyProofResponse>, Status> {
+        let who = self.who(&request)?;
         let r = request.into_inner();
+        let log = log_name(&r.log).to_owned();
+        self.allow(&who, "GetConsistencyProof", Action::Read, &log, None)
+            .await?;
         let engine = self.engine.clone();
-        blocking(move || {
+        let read_log = log.clone();
+        let (from, to) = (r.from_size, r.to_size);
+        let result = blocking(move || {
             let (proof, checkpoint, _) = engine
-                .consistency(log_name(&r.log), r.from_size, r.to_size)
+                .consistency(&read_log, from, to)
                 .map_err(read_status)?;
             Ok(Response::new(proto::GetConsistencyProofResponse {
                 proof: proof_bytes(&proof),
                 checkpoint,
             }))
         })
-        .await
+        .await;
+        let detail = format!("sizes {from}..{to}");
+        self.audited(&who, "GetConsistencyProof", &log, None, &detail, result)
+            .await
     }
 
     type ExportStream = ResponseStream<proto::ExportChunk>;
@@ -388,6 +555,7 @@ impl AuditLog for Service {
         request: Request<proto::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         use crate::bundle::Query;
+        let who = self.who(&request)?;
         let r = request.into_inner();
         let log = log_name(&r.log).to_owned();
         let query = match r.selector {
@@ -408,9 +576,28 @@ impl AuditLog for Service {
                 ))
             }
         };
-        if self.engine.log_config(&log).is_none() {
-            return Err(Status::not_found(format!("unknown log {log:?}")));
-        }
+        let (subject, detail) = match &query {
+            Query::Subject { subject } => (Some(subject.clone()), format!("subject {subject}")),
+            Query::SeqRange { from_seq, to_seq } => (None, format!("seqs {from_seq}..{to_seq}")),
+            Query::TimeRange {
+                since_unix_nanos,
+                until_unix_nanos,
+            } => (None, format!("time {since_unix_nanos}..{until_unix_nanos}")),
+        };
+        self.allow(&who, "Export", Action::Read, &log, subject.as_deref())
+            .await?;
+        let ok = if subject.is_none() && who.subject_scoped() {
+            Err(Status::permission_denied(format!(
+                "{}: export by subject",
+                who.out_of_scope()
+            )))
+        } else if self.engine.log_config(&log).is_none() {
+            Err(Status::not_found(format!("unknown log {log:?}")))
+        } else {
+            Ok(())
+        };
+        self.audited(&who, "Export", &log, subject.as_deref(), &detail, ok)
+            .await?;
         let since = (!r.since_checkpoint.is_empty()).then_some(r.since_checkpoint);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let engine = self.engine.clone();
@@ -431,7 +618,314 @@ impl AuditLog for Service {
         &self,
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let who = self.who(&request)?;
         let r = request.into_inner();
+        let scope = if r.log.is_empty() {
+            "*"
+        } else {
+            r.log.as_str()
+        }
+        .to_owned();
+        self.allow(&who, "Verify", Action::Verify, &scope, None)
+            .await?;
+        let result = self.verify_inner(r).await;
+        self.audited(&who, "Verify", &scope, None, "", result).await
+    }
+
+    async fn seal(
+        &self,
+        request: Request<proto::SealRequest>,
+    ) -> Result<Response<proto::SealResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        let log = log_name(&r.log).to_owned();
+        self.allow(&who, "Seal", Action::Administer, &log, None)
+            .await?;
+        let result = self.seal_inner(&log).await;
+        self.audited(&who, "Seal", &log, None, "", result).await
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<proto::ListSegmentsRequest>,
+    ) -> Result<Response<proto::ListSegmentsResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        let log = log_name(&r.log).to_owned();
+        self.allow(&who, "ListSegments", Action::Read, &log, None)
+            .await?;
+        let result = self.list_segments_inner(log.clone()).await;
+        self.audited(&who, "ListSegments", &log, None, "", result)
+            .await
+    }
+
+    async fn place_hold(
+        &self,
+        request: Request<proto::PlaceHoldRequest>,
+    ) -> Result<Response<proto::PlaceHoldResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        let (log, subject) = (r.log.clone(), some(r.subject.clone()));
+        self.allow(
+            &who,
+            "PlaceHold",
+            Action::Administer,
+            &log,
+            subject.as_deref(),
+        )
+        .await?;
+        let by = Self::actor(&who, r.requested_by.clone());
+        let engine = self.engine.clone();
+        let result = if r.whole_log != r.subject.is_empty() {
+            Err(Status::invalid_argument(
+                "give either a subject or whole_log, not both or neither",
+            ))
+        } else {
+            blocking(move || {
+                let hold = engine
+                    .place_hold(
+                        some(r.log).as_deref(),
+                        some(r.subject).as_deref(),
+                        &r.case_id,
+                        &r.reason,
+                        &by,
+                    )
+                    .map_err(admin_status)?;
+                Ok(Response::new(proto::PlaceHoldResponse {
+                    hold: Some(to_hold(hold)),
+                }))
+            })
+            .await
+        };
+        self.audited(&who, "PlaceHold", &log, subject.as_deref(), "", result)
+            .await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<proto::ReleaseHoldRequest>,
+    ) -> Result<Response<proto::ReleaseHoldResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        self.allow(&who, "ReleaseHold", Action::Administer, "", None)
+            .await?;
+        let by = Self::actor(&who, r.requested_by.clone());
+        let detail = format!("hold {}", r.id);
+        let engine = self.engine.clone();
+        let result = blocking(move || {
+            let hold = engine
+                .release_hold(&r.id, &r.reason, &by)
+                .map_err(admin_status)?;
+            Ok(Response::new(proto::ReleaseHoldResponse {
+                hold: Some(to_hold(hold)),
+            }))
+        })
+        .await;
+        self.audited(&who, "ReleaseHold", "", None, &detail, result)
+            .await
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<proto::ListHoldsRequest>,
+    ) -> Result<Response<proto::ListHoldsResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        // Holds name cases and subjects: auditors and admins only.
+        self.allow(&who, "ListHolds", Action::Verify, &r.log, None)
+            .await?;
+        let result = Ok(Response::new(proto::ListHoldsResponse {
+            holds: self
+                .engine
+                .holds(some(r.log.clone()).as_deref())
+                .into_iter()
+                .map(to_hold)
+                .collect(),
+        }));
+        self.audited(&who, "ListHolds", &r.log, None, "", result)
+            .await
+    }
+
+    async fn erase(
+        &self,
+        request: Request<proto::EraseRequest>,
+    ) -> Result<Response<proto::EraseResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        let subject = some(r.subject.clone());
+        self.allow(
+            &who,
+            "Erase",
+            Action::Administer,
+            &r.log,
+            subject.as_deref(),
+        )
+        .await?;
+        let detail = if r.actor.is_empty() {
+            String::new()
+        } else {
+            format!("actor {}", r.actor)
+        };
+        let log = r.log.clone();
+        let by = Self::actor(&who, r.requested_by.clone());
+        let engine = self.engine.clone();
+        let result = match target(r.subject, r.actor) {
+            Err(e) => Err(e),
+            Ok(target) => {
+                blocking(move || {
+                    let answers = engine
+                        .erase(some(r.log).as_deref(), &target, &by)
+                        .map_err(admin_status)?;
+                    Ok(Response::new(proto::EraseResponse {
+                        logs: answers
+                            .into_iter()
+                            .map(|a| proto::LogErasure {
+                                log: a.log,
+                                matched: a.matched,
+                                erased: a.erased,
+                                already_removed: a.already_removed,
+                                refused: a.refused,
+                                refused_reason: a.refused_reason,
+                                bytes_reclaimed: a.bytes,
+                            })
+                            .collect(),
+                    }))
+                })
+                .await
+            }
+        };
+        self.audited(&who, "Erase", &log, subject.as_deref(), &detail, result)
+            .await
+    }
+
+    async fn apply_retention(
+        &self,
+        request: Request<proto::ApplyRetentionRequest>,
+    ) -> Result<Response<proto::ApplyRetentionResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        self.allow(&who, "ApplyRetention", Action::Administer, "", None)
+            .await?;
+        let by = Self::actor(&who, r.requested_by.clone());
+        let detail = if r.dry_run { "dry run" } else { "" };
+        let engine = self.engine.clone();
+        let result = blocking(move || {
+            let out = engine
+                .apply_retention(engine.now(), r.dry_run, &by)
+                .map_err(admin_status)?;
+            Ok(Response::new(proto::ApplyRetentionResponse {
+                logs: out
+                    .into_iter()
+                    .map(|e| proto::LogExpiry {
+                        log: e.log,
+                        segments: e.segments,
+                        entries: e.entries,
+                        bytes_reclaimed: e.bytes,
+                        held: e.held,
+                    })
+                    .collect(),
+            }))
+        })
+        .await;
+        self.audited(&who, "ApplyRetention", "", None, detail, result)
+            .await
+    }
+
+    type FindEntriesStream =
+        Pin<Box<dyn Stream<Item = Result<proto::FindEntriesResponse, Status>> + Send>>;
+
+    async fn find_entries(
+        &self,
+        request: Request<proto::FindEntriesRequest>,
+    ) -> Result<Response<Self::FindEntriesStream>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        let subject = some(r.subject.clone());
+        let detail = if r.actor.is_empty() {
+            String::new()
+        } else {
+            format!("actor {}", r.actor)
+        };
+        let scope = if r.log.is_empty() {
+            "*"
+        } else {
+            r.log.as_str()
+        }
+        .to_owned();
+        let mut ok = target(r.subject, r.actor);
+        let logs: Vec<String> = match some(r.log) {
+            Some(l) => {
+                self.allow(&who, "FindEntries", Action::Read, &l, subject.as_deref())
+                    .await?;
+                if self.engine.log_config(&l).is_none() {
+                    ok = Err(Status::not_found(format!("unknown log {l:?}")));
+                }
+                vec![l]
+            }
+            None if !who.may(Action::Read) => {
+                self.allow(&who, "FindEntries", Action::Read, "*", None)
+                    .await?;
+                Vec::new()
+            }
+            // Every log this token may read (never the server's own).
+            None => self
+                .engine
+                .logs()
+                .into_iter()
+                .map(|c| c.name.clone())
+                .filter(|n| !n.starts_with('_'))
+                .filter(|n| who.check(Action::Read, n, subject.as_deref()).is_ok())
+                .collect(),
+        };
+        if subject.is_none() && who.subject_scoped() {
+            ok = Err(Status::permission_denied(format!(
+                "{}: find by subject",
+                who.out_of_scope()
+            )));
+        }
+        let target = self
+            .audited(&who, "FindEntries", &scope, subject.as_deref(), &detail, ok)
+            .await?;
+        let engine = self.engine.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::task::spawn_blocking(move || {
+            for log in logs {
+                let store = engine.store();
+                let seqs = match &target {
+                    Target::Subject(s) => store.seqs_by_subject(&log, s, 0, usize::MAX),
+                    Target::Actor(a) => store.seqs_by_actor(&log, a, 0, usize::MAX),
+                };
+                let seqs = match seqs {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(store_status(e)));
+                        return;
+                    }
+                };
+                for seq in seqs {
+                    let item = match store.entry(&log, seq) {
+                        Ok(Some(e)) => Ok(proto::FindEntriesResponse {
+                            entry: Some(to_entry(&log, e)),
+                        }),
+                        Ok(None) => continue,
+                        Err(e) => Err(store_status(e)),
+                    };
+                    let stop = item.is_err();
+                    if tx.blocking_send(item).is_err() || stop {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Service {
+    async fn verify_inner(
+        &self,
+        r: proto::VerifyRequest,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
         let Some(dir) = self.data_dir.clone() else {
             return Err(Status::unimplemented("Verify needs the embedded store"));
         };
@@ -474,15 +968,10 @@ impl AuditLog for Service {
         .await
     }
 
-    async fn seal(
-        &self,
-        request: Request<proto::SealRequest>,
-    ) -> Result<Response<proto::SealResponse>, Status> {
-        let r = request.into_inner();
-        let log = log_name(&r.log).to_owned();
+    async fn seal_inner(&self, log: &str) -> Result<Response<proto::SealResponse>, Status> {
         let rx = self
             .engine
-            .submit_seal(&log, SealReason::Request)
+            .submit_seal(log, SealReason::Request)
             .map_err(append_status)?;
         let sealed = rx
             .await
@@ -500,14 +989,13 @@ impl AuditLog for Service {
         }))
     }
 
-    async fn list_segments(
+    async fn list_segments_inner(
         &self,
-        request: Request<proto::ListSegmentsRequest>,
+        log: String,
     ) -> Result<Response<proto::ListSegmentsResponse>, Status> {
-        let r = request.into_inner();
         let engine = self.engine.clone();
         blocking(move || {
-            let log = log_name(&r.log);
+            let log = log.as_str();
             if engine.log_config(log).is_none() {
                 return Err(Status::not_found(format!("unknown log {log:?}")));
             }
@@ -526,179 +1014,5 @@ impl AuditLog for Service {
             }))
         })
         .await
-    }
-
-    async fn place_hold(
-        &self,
-        request: Request<proto::PlaceHoldRequest>,
-    ) -> Result<Response<proto::PlaceHoldResponse>, Status> {
-        let r = request.into_inner();
-        if r.whole_log != r.subject.is_empty() {
-            return Err(Status::invalid_argument(
-                "give either a subject or whole_log, not both or neither",
-            ));
-        }
-        let engine = self.engine.clone();
-        blocking(move || {
-            let hold = engine
-                .place_hold(
-                    some(r.log).as_deref(),
-                    some(r.subject).as_deref(),
-                    &r.case_id,
-                    &r.reason,
-                    &r.requested_by,
-                )
-                .map_err(admin_status)?;
-            Ok(Response::new(proto::PlaceHoldResponse {
-                hold: Some(to_hold(hold)),
-            }))
-        })
-        .await
-    }
-
-    async fn release_hold(
-        &self,
-        request: Request<proto::ReleaseHoldRequest>,
-    ) -> Result<Response<proto::ReleaseHoldResponse>, Status> {
-        let r = request.into_inner();
-        let engine = self.engine.clone();
-        blocking(move || {
-            let hold = engine
-                .release_hold(&r.id, &r.reason, &r.requested_by)
-                .map_err(admin_status)?;
-            Ok(Response::new(proto::ReleaseHoldResponse {
-                hold: Some(to_hold(hold)),
-            }))
-        })
-        .await
-    }
-
-    async fn list_holds(
-        &self,
-        request: Request<proto::ListHoldsRequest>,
-    ) -> Result<Response<proto::ListHoldsResponse>, Status> {
-        let r = request.into_inner();
-        Ok(Response::new(proto::ListHoldsResponse {
-            holds: self
-                .engine
-                .holds(some(r.log).as_deref())
-                .into_iter()
-                .map(to_hold)
-                .collect(),
-        }))
-    }
-
-    async fn erase(
-        &self,
-        request: Request<proto::EraseRequest>,
-    ) -> Result<Response<proto::EraseResponse>, Status> {
-        let r = request.into_inner();
-        let target = target(r.subject, r.actor)?;
-        let engine = self.engine.clone();
-        blocking(move || {
-            let answers = engine
-                .erase(some(r.log).as_deref(), &target, &r.requested_by)
-                .map_err(admin_status)?;
-            Ok(Response::new(proto::EraseResponse {
-                logs: answers
-                    .into_iter()
-                    .map(|a| proto::LogErasure {
-                        log: a.log,
-                        matched: a.matched,
-                        erased: a.erased,
-                        already_removed: a.already_removed,
-                        refused: a.refused,
-                        refused_reason: a.refused_reason,
-                        bytes_reclaimed: a.bytes,
-                    })
-                    .collect(),
-            }))
-        })
-        .await
-    }
-
-    async fn apply_retention(
-        &self,
-        request: Request<proto::ApplyRetentionRequest>,
-    ) -> Result<Response<proto::ApplyRetentionResponse>, Status> {
-        let r = request.into_inner();
-        let engine = self.engine.clone();
-        blocking(move || {
-            let by = if r.requested_by.is_empty() {
-                "operator".to_owned()
-            } else {
-                r.requested_by
-            };
-            let out = engine
-                .apply_retention(engine.now(), r.dry_run, &by)
-                .map_err(admin_status)?;
-            Ok(Response::new(proto::ApplyRetentionResponse {
-                logs: out
-                    .into_iter()
-                    .map(|e| proto::LogExpiry {
-                        log: e.log,
-                        segments: e.segments,
-                        entries: e.entries,
-                        bytes_reclaimed: e.bytes,
-                        held: e.held,
-                    })
-                    .collect(),
-            }))
-        })
-        .await
-    }
-
-    type FindEntriesStream =
-        Pin<Box<dyn Stream<Item = Result<proto::FindEntriesResponse, Status>> + Send>>;
-
-    async fn find_entries(
-        &self,
-        request: Request<proto::FindEntriesRequest>,
-    ) -> Result<Response<Self::FindEntriesStream>, Status> {
-        let r = request.into_inner();
-        let target = target(r.subject, r.actor)?;
-        let logs: Vec<String> = match some(r.log) {
-            Some(l) if self.engine.log_config(&l).is_some() => vec![l],
-            Some(l) => return Err(Status::not_found(format!("unknown log {l:?}"))),
-            None => self
-                .engine
-                .logs()
-                .into_iter()
-                .map(|c| c.name.clone())
-                .filter(|n| n != SYSTEM_LOG)
-                .collect(),
-        };
-        let engine = self.engine.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::task::spawn_blocking(move || {
-            for log in logs {
-                let store = engine.store();
-                let seqs = match &target {
-                    Target::Subject(s) => store.seqs_by_subject(&log, s, 0, usize::MAX),
-                    Target::Actor(a) => store.seqs_by_actor(&log, a, 0, usize::MAX),
-                };
-                let seqs = match seqs {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(store_status(e)));
-                        return;
-                    }
-                };
-                for seq in seqs {
-                    let item = match store.entry(&log, seq) {
-                        Ok(Some(e)) => Ok(proto::FindEntriesResponse {
-                            entry: Some(to_entry(&log, e)),
-                        }),
-                        Ok(None) => continue,
-                        Err(e) => Err(store_status(e)),
-                    };
-                    let stop = item.is_err();
-                    if tx.blocking_send(item).is_err() || stop {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -193,8 +193,21 @@ async fn append_read_prove_seal_and_stop_over_grpc() {
         .unwrap()
         .into_inner();
     assert!(v.valid, "{:?}", v.findings);
-    // Eight appended, and the seal's record in the system log.
-    assert_eq!(v.entries_checked, 8 + 1);
+    // Eight appended, the seal's record in the system log, and one access
+    // record per read before the Verify (whose own record comes after it).
+    let access = c
+        .get_checkpoint(GetCheckpointRequest {
+            log: "_access".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint;
+    let access_size = Checkpoint::open(&access, &[server.verifier()], None)
+        .unwrap()
+        .0
+        .size;
+    assert_eq!(v.entries_checked, 8 + 1 + (access_size - 1));
 
     // Health and reflection are there for generic tools.
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))

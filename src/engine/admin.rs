@@ -35,6 +35,10 @@ use super::{Engine, LogConfig, ReadError};
 /// Name of the system log.
 pub const SYSTEM_LOG: &str = "_system";
 
+/// Name of the access log: who read, exported, verified or administered
+/// what (written by the service).
+pub const ACCESS_LOG: &str = "_access";
+
 /// Actor recorded for acts of the retention job.
 pub const RETENTION_ACTOR: &str = "retention";
 
@@ -42,13 +46,20 @@ pub const RETENTION_ACTOR: &str = "retention";
 /// origin, then `/_system`.
 #[must_use]
 pub fn system_origin(configs: &[LogConfig]) -> String {
+    own_origin(configs, SYSTEM_LOG)
+}
+
+/// Origin of one of the server's own logs (`_system`, `_access`): the host
+/// part of the first configured log's origin, then `/` and its name.
+#[must_use]
+pub fn own_origin(configs: &[LogConfig], name: &str) -> String {
     let host = configs
         .iter()
-        .find(|c| c.name != SYSTEM_LOG)
+        .find(|c| !c.name.starts_with('_'))
         .and_then(|c| c.origin.split('/').next())
         .filter(|h| !h.is_empty())
         .unwrap_or("localhost");
-    format!("{host}/{SYSTEM_LOG}")
+    format!("{host}/{name}")
 }
 
 /// A legal hold.
@@ -372,9 +383,10 @@ impl Engine {
         let logs: Vec<String> = match log {
             Some(l) => {
                 self.check_log(l)?;
-                if l == SYSTEM_LOG {
+                if l.starts_with('_') {
                     return Err(AdminError::Invalid(format!(
-                        "{SYSTEM_LOG} records the administration and is never erased"
+                        "{l} is one of the server's own records ({SYSTEM_LOG}, {ACCESS_LOG}) \
+                         and is never erased"
                     )));
                 }
                 vec![l.to_owned()]
@@ -383,7 +395,7 @@ impl Engine {
                 .logs()
                 .into_iter()
                 .map(|c| c.name.clone())
-                .filter(|n| n != SYSTEM_LOG)
+                .filter(|n| !n.starts_with('_'))
                 .collect(),
         };
         let _acting = self.admin.acting.lock().expect("acting lock");

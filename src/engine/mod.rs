@@ -65,9 +65,15 @@ impl LogConfig {
     /// The server's own log of its administration (holds, erasures,
     /// expiries, seals): kept forever, never erased.
     pub fn system(origin: &str) -> LogConfig {
+        Self::system_named(admin::SYSTEM_LOG, origin)
+    }
+
+    /// One of the server's own logs (`_system`, `_access`): kept forever,
+    /// never erased.
+    pub fn system_named(name: &str, origin: &str) -> LogConfig {
         LogConfig {
             erasable: false,
-            ..LogConfig::new(admin::SYSTEM_LOG, origin)
+            ..LogConfig::new(name, origin)
         }
     }
 
@@ -218,13 +224,14 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StoreError> {
         let mut configs = configs;
-        if !configs.iter().any(|c| c.name == admin::SYSTEM_LOG) {
-            let origin = admin::system_origin(&configs);
-            configs.insert(0, LogConfig::system(&origin));
-        } else {
-            // The system log first: the others send it their seals.
-            configs.sort_by_key(|c| c.name != admin::SYSTEM_LOG);
+        for own in [admin::ACCESS_LOG, admin::SYSTEM_LOG] {
+            if !configs.iter().any(|c| c.name == own) {
+                let origin = admin::own_origin(&configs, own);
+                configs.insert(0, LogConfig::system_named(own, &origin));
+            }
         }
+        // The system log first: the others send it their seals.
+        configs.sort_by_key(|c| c.name != admin::SYSTEM_LOG);
         let mut logs = HashMap::new();
         let mut system_tx: Option<mpsc::Sender<Command>> = None;
         for config in configs {
