@@ -9,6 +9,9 @@ use auditlog::proto::audit_log_client::AuditLogClient;
 /// Environment variable holding the bearer token.
 pub const TOKEN_ENV: &str = "AUDITLOG_TOKEN";
 
+/// Environment variable naming the CA file to trust for `https://`.
+pub const CA_ENV: &str = "AUDITLOG_CA";
+
 /// Adds `authorization: Bearer <token>` to every request.
 #[derive(Clone)]
 pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
@@ -40,12 +43,31 @@ pub fn bearer() -> Result<Bearer, Box<dyn std::error::Error>> {
     }
 }
 
+/// The endpoint of `server`: TLS for `https://`, trusting the CA in
+/// `AUDITLOG_CA` when set (the system's roots are not consulted).
+///
+/// # Errors
+/// Bad URL, unreadable CA file.
+pub fn endpoint(server: String) -> Result<Endpoint, Box<dyn std::error::Error>> {
+    let https = server.starts_with("https://");
+    let mut e = Endpoint::from_shared(server)?;
+    if https {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Ok(ca) = std::env::var(CA_ENV) {
+            let pem = std::fs::read(&ca).map_err(|err| format!("{CA_ENV} {ca}: {err}"))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        e = e.tls_config(tls)?;
+    }
+    Ok(e)
+}
+
 /// Connects to `server` with the CLI's token.
 ///
 /// # Errors
 /// Bad URL, connection failure.
 pub async fn connect(server: impl Into<String>) -> Result<Client, Box<dyn std::error::Error>> {
-    let channel = Endpoint::from_shared(server.into())?.connect().await?;
+    let channel = endpoint(server.into())?.connect().await?;
     Ok(AuditLogClient::with_interceptor(channel, bearer()?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))

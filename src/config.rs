@@ -213,6 +213,10 @@ pub struct Config {
     pub tokens: Vec<crate::auth::TokenSpec>,
     /// Serve without tokens on any address (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
+    /// TLS: server certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Mutual TLS: CA whose client certificates are required (PEM).
+    pub tls_client_ca: Option<PathBuf>,
     /// Logs.
     pub logs: Vec<LogConfig>,
 }
@@ -448,6 +452,8 @@ impl FileConfig {
         }
         Ok(Config {
             insecure_no_auth: false,
+            tls: None,
+            tls_client_ca: None,
             tokens,
             retention_check_every,
             data_dir: self

@@ -137,7 +137,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 type LoadResult = (u64, Vec<u64>, f64);
 
 async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>> {
-    let channel = tonic::transport::Endpoint::from_shared(args.at.server.clone())?
+    let channel = crate::cli_conn::endpoint(args.at.server.clone())?
         .connect()
         .await?;
     let stop = Arc::new(AtomicBool::new(false));

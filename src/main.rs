@@ -19,6 +19,9 @@ struct Cli {
     /// Bearer token for the server (client verbs).
     #[arg(long, global = true, env = "AUDITLOG_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// server (client verbs).
+    #[arg(long, global = true, env = "AUDITLOG_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +58,15 @@ enum Command {
         /// another gate only.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// TLS certificate chain (PEM); with --tls-key, serves TLS only.
+        #[arg(long, requires = "tls_key", env = "AUDITLOG_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert", env = "AUDITLOG_TLS_KEY")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA (PEM): mutual TLS.
+        #[arg(long, requires = "tls_cert", env = "AUDITLOG_TLS_CLIENT_CA")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Bearer tokens: create one.
     Token {
@@ -294,6 +306,9 @@ fn main() -> ExitCode {
         // The client verbs read it from there (see cli_conn).
         std::env::set_var(cli_conn::TOKEN_ENV, t);
     }
+    if let Some(ca) = &cli.ca {
+        std::env::set_var(cli_conn::CA_ENV, ca);
+    }
     match cli.command {
         Command::Bench(args) => match loadgen::run(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -414,6 +429,9 @@ fn main() -> ExitCode {
             listen,
             key,
             insecure_no_auth,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let file = match config {
                 Some(path) => match auditlog::config::FileConfig::load(&path) {
@@ -442,6 +460,8 @@ fn main() -> ExitCode {
                 cfg.key = key;
             }
             cfg.insecure_no_auth = insecure_no_auth;
+            cfg.tls = tls_cert.zip(tls_key);
+            cfg.tls_client_ca = tls_client_ca;
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {

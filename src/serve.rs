@@ -152,7 +152,33 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     // Machine-readable line for scripts and tests that pass port 0.
     println!("listening on {local}");
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("TLS file {}: {e}", p.display()))
+        };
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+        );
+        if let Some(ca) = &config.tls_client_ca {
+            // Client certificates signed by this CA are required.
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+        eprintln!(
+            "auditlog: TLS on{}",
+            if config.tls_client_ca.is_some() {
+                ", client certificates required"
+            } else {
+                ""
+            }
+        );
+    } else if config.tls_client_ca.is_some() {
+        return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service.into_server())

@@ -462,3 +462,145 @@ fn token_create_prints_a_secret_that_the_printed_block_accepts() {
     );
     assert_eq!(p.subjects, Some(vec!["order:".to_string()]));
 }
+
+/// A CA, a server certificate for localhost, and a client certificate, as
+/// PEM files in `dir`: (ca, server cert, server key, client cert, client key).
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["client.example".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    })
+}
+
+async fn tls_client(
+    port: &str,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<AuditLogClient<Channel>, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(AuditLogClient::new(channel))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let [ca, cert, key, client_cert, client_key] = certificates(certs.path());
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+
+    // TLS: a client trusting the CA gets in (and still needs its token); a
+    // plaintext client does not.
+    let server = common::server::start_with(
+        tempfile::tempdir().unwrap(),
+        Some(&config()),
+        &[],
+        &["--tls-cert", &arg(&cert), "--tls-key", &arg(&key)],
+    );
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let mut c = tls_client(&port, &ca, None).await.unwrap();
+    assert_eq!(
+        call(&mut c, Some("backend"), Rpc::Append, "orders", "order:1").await,
+        Code::Ok
+    );
+    assert_eq!(
+        call(&mut c, None, Rpc::GetCheckpoint, "orders", "").await,
+        Code::Unauthenticated
+    );
+    let mut plain = AuditLogClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    assert_ne!(
+        call(
+            &mut plain,
+            Some("auditor"),
+            Rpc::GetCheckpoint,
+            "orders",
+            ""
+        )
+        .await,
+        Code::Ok
+    );
+    // The CLI trusts the CA given with --ca.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlog"))
+        .args(["checkpoint", "--log", "orders", "--server"])
+        .arg(format!("https://localhost:{port}"))
+        .args(["--ca", &arg(&ca), "--token", "secret-auditor"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("audit.example.com/orders\n"));
+    server.stop();
+
+    // Mutual TLS: without a client certificate from the CA, no call
+    // succeeds; with one, calls go through.
+    let server = common::server::start_with(
+        tempfile::tempdir().unwrap(),
+        Some(&config()),
+        &[],
+        &[
+            "--tls-cert",
+            &arg(&cert),
+            "--tls-key",
+            &arg(&key),
+            "--tls-client-ca",
+            &arg(&ca),
+        ],
+    );
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    match tls_client(&port, &ca, None).await {
+        Err(_) => {}
+        Ok(mut c) => assert_ne!(
+            call(&mut c, Some("backend"), Rpc::Append, "orders", "order:1").await,
+            Code::Ok
+        ),
+    }
+    let mut c = tls_client(&port, &ca, Some((&client_cert, &client_key)))
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&mut c, Some("backend"), Rpc::Append, "orders", "order:1").await,
+        Code::Ok
+    );
+    server.stop();
+}

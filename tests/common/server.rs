@@ -18,12 +18,23 @@ pub fn start(config: Option<&str>) -> Server {
 
 /// Starts a server on an existing data directory, with extra environment.
 pub fn start_in(data: tempfile::TempDir, config: Option<&str>, env: &[(&str, &str)]) -> Server {
+    start_with(data, config, env, &[])
+}
+
+/// Starts a server with extra environment and arguments.
+pub fn start_with(
+    data: tempfile::TempDir,
+    config: Option<&str>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditlog"));
     cmd.envs(env.iter().copied());
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(data.path())
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if let Some(c) = config {
