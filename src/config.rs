@@ -74,6 +74,9 @@ pub struct FileConfig {
     pub limits: Option<LimitsSection>,
     /// How often the server expires what retention ended (`"1m"`).
     pub retention_check_every: Option<String>,
+    /// How long an AppendStream may stay silent before it is closed
+    /// (`"60s"`).
+    pub stream_idle_timeout: Option<String>,
     /// Logs.
     #[serde(default)]
     pub log: Vec<LogSection>,
@@ -209,6 +212,8 @@ pub struct Config {
     pub limits: Limits,
     /// How often the server runs retention expiry.
     pub retention_check_every: Duration,
+    /// How long an AppendStream may stay silent.
+    pub stream_idle_timeout: Duration,
     /// Bearer tokens (none: an open server, loopback only).
     pub tokens: Vec<crate::auth::TokenSpec>,
     /// Serve without tokens on any address (`--insecure-no-auth`).
@@ -450,7 +455,19 @@ impl FileConfig {
                 subjects: t.subjects,
             });
         }
+        let stream_idle_timeout = match &self.stream_idle_timeout {
+            None => crate::service::DEFAULT_STREAM_IDLE,
+            Some(s) => parse_duration(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "stream_idle_timeout: {s:?} is not a duration above 0"
+                    ))
+                })?,
+        };
         Ok(Config {
+            stream_idle_timeout,
             insecure_no_auth: false,
             tls: None,
             tls_client_ca: None,

@@ -16,6 +16,9 @@ use crate::keys;
 use crate::service::Service;
 use crate::store::embedded::EmbeddedStore;
 
+/// HTTP/2 streams (concurrent calls) one connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Name of keys created by `serve` on first start.
 pub const DEFAULT_KEY_NAME: &str = "auditlog";
 
@@ -138,7 +141,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let service = Service::new(engine.clone(), Some(config.data_dir.clone()), verifier)
-        .with_tokens(crate::auth::Tokens::new(config.tokens.clone()));
+        .with_tokens(crate::auth::Tokens::new(config.tokens.clone()))
+        .with_stream_idle(config.stream_idle_timeout);
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -152,7 +156,13 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     // Machine-readable line for scripts and tests that pass port 0.
     println!("listening on {local}");
 
-    let mut builder = tonic::transport::Server::builder();
+    // Hostile clients: bounded streams per connection and in flight per
+    // connection, dead peers found by keepalive.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     if let Some((cert, key)) = &config.tls {
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| format!("TLS file {}: {e}", p.display()))

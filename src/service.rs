@@ -50,7 +50,11 @@ pub struct Service {
     data_dir: Option<std::path::PathBuf>,
     verifier: VerifierKey,
     tokens: Tokens,
+    stream_idle: std::time::Duration,
 }
+
+/// How long an `AppendStream` may stay silent before it is closed.
+pub const DEFAULT_STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Service {
     /// A service over `engine`; `data_dir` enables the `Verify` RPC for the
@@ -65,7 +69,15 @@ impl Service {
             data_dir,
             verifier,
             tokens: Tokens::default(),
+            stream_idle: DEFAULT_STREAM_IDLE,
         }
+    }
+
+    /// Closes an `AppendStream` after `idle` without a request.
+    #[must_use]
+    pub fn with_stream_idle(mut self, idle: std::time::Duration) -> Service {
+        self.stream_idle = idle;
+        self
     }
 
     /// Requires bearer tokens (none: an open server).
@@ -411,8 +423,19 @@ impl AuditLog for Service {
         // engine batches many of them into one group commit.
         let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
         let budget = Arc::new(tokio::sync::Semaphore::new(STREAM_WINDOW_BYTES));
+        let idle = self.stream_idle;
         tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
+            loop {
+                // A stream that sends nothing for `idle` is closed: an idle
+                // client cannot hold a slot (and its memory) forever.
+                let msg = match tokio::time::timeout(idle, inbound.next()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "no request for {} s: stream closed",
+                        idle.as_secs_f64()
+                    ))),
+                };
                 let (item, permit) = match msg {
                     Ok(r) if let Err(denied) = check_append(&who, &r) => (Err(denied), None),
                     Ok(r) => {

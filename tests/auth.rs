@@ -604,3 +604,30 @@ async fn tls_and_mutual_tls() {
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_append_stream_is_closed_with_deadline_exceeded() {
+    let server = start(Some("stream_idle_timeout = \"1s\"\n"));
+    let mut c = server.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AppendRequest {
+        log: String::new(),
+        entries: vec![entry("order:1")],
+    })
+    .await
+    .unwrap();
+    let mut responses = c
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.receipts.len(), 1);
+    // Say nothing more, keep the stream open: the server closes it.
+    let started = std::time::Instant::now();
+    let end = responses.message().await;
+    assert_eq!(end.unwrap_err().code(), Code::DeadlineExceeded);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(tx);
+    server.stop();
+}
