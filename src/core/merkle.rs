@@ -478,8 +478,17 @@ fn subproof<H: TreeHasher>(
 /// `index` and `size - 1` join (`inner`), and how many above it (`border`).
 fn decompose_inclusion(index: u64, size: u64) -> (usize, usize) {
     let inner = (64 - (index ^ (size - 1)).leading_zeros()) as usize;
-    let border = (index >> inner).count_ones() as usize;
+    let border = shr(index, inner).count_ones() as usize;
     (inner, border)
+}
+
+/// `x >> by`, 0 when `by` is 64 or more (a tree of 2^63+ leaves has 64
+/// levels; `>>` by 64 would overflow).
+fn shr(x: u64, by: usize) -> u64 {
+    u32::try_from(by)
+        .ok()
+        .and_then(|b| x.checked_shr(b))
+        .unwrap_or(0)
 }
 
 fn chain_inner<H: TreeHasher>(seed: Hash, proof: &[Hash], index: u64) -> Hash {
@@ -618,7 +627,7 @@ impl<H: TreeHasher> InclusionVerifier<H> {
         {
             if *last_inner == inner {
                 while level < inner {
-                    let at = index >> level;
+                    let at = shr(index, level);
                     let (last_at, last_hash) = last_nodes[level];
                     if at == last_at && acc == last_hash {
                         // On the verified path from here: the rest of the
@@ -647,19 +656,19 @@ impl<H: TreeHasher> InclusionVerifier<H> {
             }
         }
         if known {
-            nodes.extend((level..=inner).map(|l| (index >> l, self.last_node(l))));
+            nodes.extend((level..=inner).map(|l| (shr(index, l), self.last_node(l))));
         } else {
             // Hash the rest of the way, then check the root.
             while level < inner {
-                nodes.push((index >> level, acc));
-                acc = if (index >> level) & 1 == 0 {
+                nodes.push((shr(index, level), acc));
+                acc = if shr(index, level) & 1 == 0 {
                     H::hash_children(&acc, &proof[level])
                 } else {
                     H::hash_children(&proof[level], &acc)
                 };
                 level += 1;
             }
-            nodes.push((index >> inner, acc));
+            nodes.push((shr(index, inner), acc));
             let computed = chain_border_right::<H>(acc, &proof[inner..]);
             if computed != self.root {
                 return Err(ProofError::RootMismatch {
