@@ -7,6 +7,14 @@ use clap::{Parser, Subcommand};
 
 use auditlog::keys;
 
+/// jemalloc rather than the system allocator: with glibc's per-thread
+/// arenas, the server's resident memory after streamed appends settled near
+/// 300 MiB of freed-but-kept pages; jemalloc returns them (measured: same
+/// throughput, about a third of the memory).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod cli_admin;
 mod cli_client;
 mod cli_conn;
