@@ -82,6 +82,23 @@ enum Rpc {
     Erase,
 }
 
+/// The code a streaming call ends with (reading it to the end).
+async fn drain<T>(r: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>) -> Code {
+    match r {
+        Err(s) => s.code(),
+        Ok(stream) => {
+            let mut s = stream.into_inner();
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break Code::Ok,
+                    Err(e) => break e.code(),
+                }
+            }
+        }
+    }
+}
+
 async fn call(
     c: &mut AuditLogClient<Channel>,
     token: Option<&str>,
@@ -150,43 +167,22 @@ async fn call(
                     },
                 ))
                 .await;
-            match r {
-                Err(s) => s.code(),
-                Ok(stream) => {
-                    let mut s = stream.into_inner();
-                    loop {
-                        match s.message().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => break Code::Ok,
-                            Err(e) => break e.code(),
-                        }
-                    }
-                }
-            }
+            drain(r).await
         }
-        Rpc::Find => match c
-            .find_entries(with(
-                token,
-                FindEntriesRequest {
-                    log,
-                    subject: subject.into(),
-                    actor: String::new(),
-                },
-            ))
+        Rpc::Find => {
+            drain(
+                c.find_entries(with(
+                    token,
+                    FindEntriesRequest {
+                        log,
+                        subject: subject.into(),
+                        actor: String::new(),
+                    },
+                ))
+                .await,
+            )
             .await
-        {
-            Err(s) => s.code(),
-            Ok(stream) => {
-                let mut s = stream.into_inner();
-                loop {
-                    match s.message().await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break Code::Ok,
-                        Err(e) => break e.code(),
-                    }
-                }
-            }
-        },
+        }
         Rpc::Segments => code(
             c.list_segments(with(token, ListSegmentsRequest { log }))
                 .await
