@@ -482,6 +482,23 @@ fn decompose_inclusion(index: u64, size: u64) -> (usize, usize) {
     (inner, border)
 }
 
+/// `(inner, border)` of an inclusion proof of leaf `index` in a tree of
+/// `size`, after checking the index is in the tree and the proof has that
+/// many hashes.
+fn inclusion_shape(index: u64, size: u64, len: usize) -> Result<(usize, usize), ProofError> {
+    if index >= size {
+        return Err(ProofError::IndexOutOfRange { index, size });
+    }
+    let (inner, border) = decompose_inclusion(index, size);
+    if len != inner + border {
+        return Err(ProofError::WrongLength {
+            expected: inner + border,
+            got: len,
+        });
+    }
+    Ok((inner, border))
+}
+
 /// `x >> by`, 0 when `by` is 64 or more (a tree of 2^63+ leaves has 64
 /// levels; `>>` by 64 would overflow).
 fn shr(x: u64, by: usize) -> u64 {
@@ -525,16 +542,7 @@ pub fn root_from_inclusion_proof<H: TreeHasher>(
     leaf: &Hash,
     proof: &[Hash],
 ) -> Result<Hash, ProofError> {
-    if index >= size {
-        return Err(ProofError::IndexOutOfRange { index, size });
-    }
-    let (inner, border) = decompose_inclusion(index, size);
-    if proof.len() != inner + border {
-        return Err(ProofError::WrongLength {
-            expected: inner + border,
-            got: proof.len(),
-        });
-    }
+    let (inner, _) = inclusion_shape(index, size, proof.len())?;
     let acc = chain_inner::<H>(*leaf, &proof[..inner], index);
     Ok(chain_border_right::<H>(acc, &proof[inner..]))
 }
@@ -604,17 +612,7 @@ impl<H: TreeHasher> InclusionVerifier<H> {
     /// # Errors
     /// Any [`ProofError`], as [`verify_inclusion`].
     pub fn verify(&mut self, index: u64, leaf: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
-        let size = self.size;
-        if index >= size {
-            return Err(ProofError::IndexOutOfRange { index, size });
-        }
-        let (inner, border) = decompose_inclusion(index, size);
-        if proof.len() != inner + border {
-            return Err(ProofError::WrongLength {
-                expected: inner + border,
-                got: proof.len(),
-            });
-        }
+        let (inner, _) = inclusion_shape(index, self.size, proof.len())?;
         let mut nodes = Vec::with_capacity(inner + 1);
         let mut acc = *leaf;
         let mut level = 0;

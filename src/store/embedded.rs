@@ -401,6 +401,26 @@ impl EmbeddedStore {
         }
     }
 
+    /// The entry of a record read at `off` of `path`; a record whose check
+    /// matched but whose encoding does not decode is corruption there.
+    fn decode_at(
+        log: &str,
+        path: &Path,
+        off: u64,
+        e: &segment::EntryRecord,
+    ) -> Result<crate::core::entry::Entry, StoreError> {
+        e.entry().map_err(|_| {
+            Self::corrupt(
+                log,
+                path,
+                &BadBytes {
+                    offset: off,
+                    reason: "entry does not decode",
+                },
+            )
+        })
+    }
+
     /// Scans the last segment, cutting its uncommitted tail.
     fn scan_tail(&self, spec: &LogSpec, path: &Path, index: u64) -> Result<TailScan, StoreError> {
         let ctx = || format!("read {}", path.display());
@@ -459,16 +479,7 @@ impl EmbeddedStore {
                     }
                     match rec {
                         Record::Entry(e) => {
-                            let entry = e.entry().map_err(|_| {
-                                Self::corrupt(
-                                    &spec.name,
-                                    path,
-                                    &BadBytes {
-                                        offset: off,
-                                        reason: "entry does not decode",
-                                    },
-                                )
-                            })?;
+                            let entry = Self::decode_at(&spec.name, path, off, &e)?;
                             let want = header.first_seq + (leaves.len() + pending.len()) as u64;
                             if entry.seq != want {
                                 return Err(Self::corrupt(
@@ -579,16 +590,7 @@ impl EmbeddedStore {
                         index.keyed.add_segment(*seg, h.first_seq)?;
                     }
                     Record::Entry(e) => {
-                        let entry = e.entry().map_err(|_| {
-                            Self::corrupt(
-                                &spec.name,
-                                path,
-                                &BadBytes {
-                                    offset: off,
-                                    reason: "entry does not decode",
-                                },
-                            )
-                        })?;
+                        let entry = Self::decode_at(&spec.name, path, off, &e)?;
                         if entry.seq >= next && entry.seq < size {
                             pending.push((off, entry, e.leaf_hash));
                         }
@@ -1305,19 +1307,7 @@ impl EmbeddedStore {
                 .map_err(|bad| Self::corrupt(&spec.name, &path, &bad))?
             {
                 if let Record::Entry(e) = rec {
-                    let seq = e
-                        .entry()
-                        .map_err(|_| {
-                            Self::corrupt(
-                                &spec.name,
-                                &path,
-                                &BadBytes {
-                                    offset: off,
-                                    reason: "entry does not decode",
-                                },
-                            )
-                        })?
-                        .seq;
+                    let seq = Self::decode_at(&spec.name, &path, off, &e)?.seq;
                     index.dense.set_location(
                         seq,
                         Location {
@@ -1436,16 +1426,7 @@ impl EmbeddedStore {
                     break;
                 };
                 let Record::Entry(e) = rec else { continue };
-                let entry = e.entry().map_err(|_| {
-                    Self::corrupt(
-                        &spec.name,
-                        &path,
-                        &BadBytes {
-                            offset: off,
-                            reason: "entry does not decode",
-                        },
-                    )
-                })?;
+                let entry = Self::decode_at(&spec.name, &path, off, &e)?;
                 if entry.seq != next {
                     return Err(StoreError::Corrupt {
                         log: spec.name.clone(),
