@@ -48,6 +48,17 @@ fn dir_bytes(dir: &Path) -> u64 {
     n
 }
 
+/// Verifies the store (it must be valid) and counts findings of `verdict`.
+fn verifies_with(dir: &Path, verdict: Verdict) -> usize {
+    let report = verify_data_dir(dir, &[signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    report
+        .findings
+        .iter()
+        .filter(|f| f.verdict == verdict)
+        .count()
+}
+
 fn short_policy(mut cfg: auditlog::engine::LogConfig) -> auditlog::engine::LogConfig {
     cfg.seal_after = None;
     cfg.retention = Some(Duration::from_secs(30));
@@ -227,16 +238,7 @@ fn expiry_removes_payload_bytes_on_time_and_holds_keep_theirs_until_released() {
         assert!(kinds.iter().any(|x| x == k), "{k} recorded: {kinds:?}");
     }
     f.close();
-    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
-    assert!(report.is_valid(), "{:?}", report.findings);
-    assert_eq!(
-        report
-            .findings
-            .iter()
-            .filter(|f| f.verdict == Verdict::Expired)
-            .count(),
-        6
-    );
+    assert_eq!(verifies_with(dir.path(), Verdict::Expired), 6);
 }
 
 #[test]
@@ -330,16 +332,7 @@ fn erasure_respects_policy_and_holds_and_leaves_neighbours_intact() {
 
     assert!(system_kinds(&f).iter().filter(|k| *k == "erase").count() == 3);
     f.close();
-    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
-    assert!(report.is_valid(), "{:?}", report.findings);
-    assert_eq!(
-        report
-            .findings
-            .iter()
-            .filter(|f| f.verdict == Verdict::Erased)
-            .count(),
-        3
-    );
+    assert_eq!(verifies_with(dir.path(), Verdict::Erased), 3);
 }
 
 #[test]
