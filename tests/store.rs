@@ -676,3 +676,63 @@ fn damaged_dense_index_files_are_repaired_from_segments() {
     let f = open(dir.path(), vec![orders()], ManualClock::at(0));
     assert_eq!(snapshot(&f, "orders"), before);
 }
+
+/// Postings are 64-bit hashes, so a lookup yields candidates that the store
+/// must check against the entries themselves. Forge a run file (valid
+/// checksum, FORMAT §8) in which entry 1, about order:2, is posted under
+/// order:1's hash, as a collision would: order:1 still answers only entry 0.
+#[test]
+fn a_colliding_posting_never_reaches_an_answer() {
+    use auditlog::store::postings::{key_hash, KeyKind};
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(1_000));
+    for subject in ["order:1", "order:2"] {
+        f.engine
+            .append_blocking("orders", vec![input(subject, "p")])
+            .unwrap();
+    }
+    f.close(); // a clean close writes the postings of entries [0, 2) as a run
+    let run = dir
+        .path()
+        .join("index/postings/orders")
+        .join(format!("run-{:020}-{:020}", 0, 2));
+    let bytes = std::fs::read(&run).unwrap();
+    let (header, body) = bytes[..bytes.len() - 32].split_at(32);
+    let (h1, h2) = (
+        key_hash(KeyKind::Subject, "order:1"),
+        key_hash(KeyKind::Subject, "order:2"),
+    );
+    let mut postings: Vec<(u64, u64)> = body
+        .chunks_exact(16)
+        .map(|c| {
+            let h = u64::from_be_bytes(c[..8].try_into().unwrap());
+            let seq = u64::from_be_bytes(c[8..].try_into().unwrap());
+            (if h == h2 { h1 } else { h }, seq)
+        })
+        .collect();
+    postings.sort();
+    let mut forged = header.to_vec();
+    for (h, seq) in postings {
+        forged.extend_from_slice(&h.to_be_bytes());
+        forged.extend_from_slice(&seq.to_be_bytes());
+    }
+    let sum = blake3::hash(&forged);
+    forged.extend_from_slice(sum.as_bytes());
+    std::fs::write(&run, forged).unwrap();
+
+    let f = open(dir.path(), vec![orders()], ManualClock::at(2_000));
+    assert_eq!(
+        f.store
+            .seqs_by_subject("orders", "order:1", 0, usize::MAX)
+            .unwrap(),
+        vec![0],
+        "the forged candidate is checked against entry 1 and dropped"
+    );
+    // The forged run was used (not rebuilt): order:2 lost its posting.
+    assert!(f
+        .store
+        .seqs_by_subject("orders", "order:2", 0, usize::MAX)
+        .unwrap()
+        .is_empty());
+    f.close();
+}
