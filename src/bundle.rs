@@ -27,6 +27,7 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{verify_consistency, InclusionVerifier};
 use crate::core::note::VerifierKey;
 use crate::core::seal::Seal;
+use crate::core::transition::{follow, KeyTransition};
 use crate::verify::store::{checkpoint_verdict, seal_verdict};
 use crate::verify::{Report, Verdict};
 
@@ -72,6 +73,10 @@ struct Header {
     origin: String,
     query: Query,
     checkpoint: String,
+    /// Signed key transitions (FORMAT.md §4.1), oldest first; absent when
+    /// the server's key never changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    key_transitions: Vec<String>,
 }
 
 /// One entry as exported.
@@ -114,6 +119,7 @@ impl<W: Write> BundleWriter<W> {
         origin: &str,
         query: Query,
         checkpoint: &str,
+        key_transitions: &[String],
     ) -> std::io::Result<Self> {
         let h = Header {
             format: BUNDLE_FORMAT.into(),
@@ -122,6 +128,7 @@ impl<W: Write> BundleWriter<W> {
             origin: origin.into(),
             query,
             checkpoint: checkpoint.into(),
+            key_transitions: key_transitions.to_vec(),
         };
         serde_json::to_writer(&mut out, &h)?;
         out.write_all(b"\n")?;
@@ -313,17 +320,36 @@ pub fn verify_bundle(
     summary.origin = header.origin.clone();
     let log = header.log.clone();
 
-    let cp = match Checkpoint::open(&header.checkpoint, keys, Some(&header.origin)) {
-        Ok((cp, _)) => cp,
-        Err(e) => {
-            report.add(
-                checkpoint_verdict(&e),
+    // Trust: the reviewer's keys, extended along signed key transitions
+    // that start from one of them.
+    let mut transitions = Vec::new();
+    for (i, t) in header.key_transitions.iter().enumerate() {
+        match KeyTransition::open(t) {
+            Ok(t) => transitions.push(t),
+            Err(e) => report.add(
+                Verdict::BadSignature,
                 &log,
                 None,
                 None,
-                "checkpoint",
-                e.to_string(),
-            );
+                "key_transitions",
+                format!("transition {i}: {e}"),
+            ),
+        }
+    }
+    let trust = follow(keys, &transitions);
+    report.transitions = transitions
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), trust.followed.contains(&i)))
+        .collect();
+    let keys = &trust.keys[..];
+
+    let cp = match Checkpoint::open(&header.checkpoint, keys, Some(&header.origin)) {
+        Ok((cp, _)) => cp,
+        Err(e) => {
+            let v = checkpoint_verdict(&e);
+            let detail = report.note_detail(v, &e, &header.checkpoint, keys);
+            report.add(v, &log, None, None, "checkpoint", detail);
             return (report, summary);
         }
     };
@@ -448,7 +474,9 @@ pub fn verify_bundle(
                         consistency_proof,
                     } => match Seal::open(&seal, keys) {
                         Err(e) => {
-                            report.add(seal_verdict(&e), &log, None, None, "seal", e.to_string());
+                            let v = seal_verdict(&e);
+                            let detail = report.note_detail(v, &e, &seal, keys);
+                            report.add(v, &log, None, None, "seal", detail);
                         }
                         Ok((s, _)) => {
                             report.seals_checked += 1;
@@ -501,7 +529,11 @@ pub fn verify_bundle(
                     } => {
                         let given = since.unwrap_or(checkpoint.as_str());
                         match Checkpoint::open(given, keys, Some(&header.origin)) {
-                        Err(e) => report.add(Verdict::BadSignature, &log, None, None, "since", e.to_string()),
+                        Err(e) => {
+                            let v = checkpoint_verdict(&e);
+                            let detail = report.note_detail(v, &e, given, keys);
+                            report.add(v, &log, None, None, "since", detail);
+                        }
                         Ok((old, _)) => match proof_of(&consistency_proof) {
                             None => report.add(Verdict::Malformed, &log, None, None, "since", "bad consistency proof encoding"),
                             Some(p) => match verify_consistency::<Blake3>(old.size, cp.size, &p, &old.root, &cp.root) {

@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -288,13 +287,13 @@ pub fn retention(cmd: RetentionCommand) -> Result<(), Box<dyn std::error::Error>
 
 type ExpiryRow = (String, u64, u64, u64, u64);
 
-fn retention_offline(
+/// The engine of a stopped server's data directory, opened as `serve`
+/// opens it (an interrupted key rotation finished or undone).
+fn open_offline(
     dir: &Path,
     config: Option<&Path>,
     key: Option<PathBuf>,
-    dry_run: bool,
-    by: &str,
-) -> Result<Vec<ExpiryRow>, Box<dyn std::error::Error>> {
+) -> Result<auditlog::serve::Opened, Box<dyn std::error::Error>> {
     let file = match config {
         Some(p) => auditlog::config::FileConfig::load(p)?,
         None => auditlog::config::FileConfig::default(),
@@ -304,25 +303,103 @@ fn retention_offline(
     if key.is_some() {
         cfg.key = key;
     }
-    let key_path = cfg
-        .key
-        .clone()
-        .unwrap_or_else(|| dir.join("keys").join(auditlog::keys::SIGNER_FILE));
-    let signer = auditlog::keys::load_signer(&key_path)?;
-    let store = Arc::new(auditlog::store::embedded::EmbeddedStore::open(dir)?);
-    let engine = auditlog::engine::Engine::start(
-        store,
-        Arc::new(signer),
-        cfg.logs,
-        cfg.limits,
-        Arc::new(auditlog::engine::SystemClock),
-    )?;
-    let out = engine.apply_retention(engine.now(), dry_run, by)?;
+    auditlog::serve::open(&cfg, false).map_err(|e| e.to_string().into())
+}
+
+fn retention_offline(
+    dir: &Path,
+    config: Option<&Path>,
+    key: Option<PathBuf>,
+    dry_run: bool,
+    by: &str,
+) -> Result<Vec<ExpiryRow>, Box<dyn std::error::Error>> {
+    let engine = open_offline(dir, config, key)?.engine;
+    let out = engine.apply_retention(engine.now(), dry_run, by);
     engine.shutdown();
-    Ok(out
+    Ok(out?
         .into_iter()
         .map(|e| (e.log, e.segments, e.entries, e.bytes, e.held))
         .collect())
+}
+
+/// `auditlog keys ...`.
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Rotate the server's signing key.
+    ///
+    /// Creates a new key; the old key and the new one sign a transition
+    /// statement, recorded in the system log `_system`; every checkpoint
+    /// and seal after it is signed by the new key. The old private key is
+    /// kept as signer.key.retired-<id> beside the new one and may be
+    /// destroyed: evidence bundles carry the transition, so `auditlog
+    /// verify --key OLD.pub` follows it, and verifier.pub lists both public
+    /// keys. Needs an admin token (against a server).
+    ///
+    /// Example: auditlog keys rotate --server https://audit.example.com:50051
+    ///          auditlog keys rotate --data-dir /var/lib/auditlog (server stopped)
+    Rotate {
+        /// Server URL (or use --data-dir on a stopped server).
+        #[arg(long, env = "AUDITLOG_SERVER", conflicts_with = "data_dir")]
+        server: Option<String>,
+        /// Data directory of a stopped server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The server's configuration (logs and key), with --data-dir.
+        #[arg(long, requires = "data_dir")]
+        config: Option<PathBuf>,
+        /// Signer key file, with --data-dir (default DATA/keys/signer.key).
+        #[arg(long, requires = "data_dir")]
+        key: Option<PathBuf>,
+        /// Who is acting (recorded in the system log).
+        #[arg(long, env = "USER", default_value = "operator")]
+        requested_by: String,
+    },
+}
+
+/// Runs `auditlog keys ...`.
+///
+/// # Errors
+/// Connection failures, gRPC statuses, key file or store errors.
+pub fn keys(cmd: KeysCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let KeysCommand::Rotate {
+        server,
+        data_dir,
+        config,
+        key,
+        requested_by,
+    } = cmd;
+    let (from, to, seq) = match (server, data_dir) {
+        (_, Some(dir)) => {
+            let opened = open_offline(&dir, config.as_deref(), key)?;
+            let r = opened.rotator.rotate(&opened.engine, &requested_by);
+            opened.engine.shutdown();
+            let r = r?;
+            (r.from.to_text(), r.to.to_text(), r.system_seq)
+        }
+        (server, None) => runtime()?.block_on(async move {
+            let server = server.unwrap_or_else(|| "http://127.0.0.1:50051".into());
+            let mut c = crate::cli_conn::connect(server).await?;
+            let r = c
+                .rotate_key(proto::RotateKeyRequest { requested_by })
+                .await?
+                .into_inner();
+            Ok::<_, Box<dyn std::error::Error>>((r.from_key, r.to_key, r.system_seq))
+        })?,
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "retired_key": from,
+            "signing_key": to,
+            "system_seq": seq,
+        }))?
+    );
+    eprintln!(
+        "rotated: checkpoints and seals are now signed by {to}. Publish it next to the old \
+         public key (verifier.pub beside the key file lists both). The old private key \
+         (signer.key.retired-*) is no longer needed to verify anything: back it up or destroy it."
+    );
+    Ok(())
 }
 
 /// The payload as text (when the content type is textual and the bytes

@@ -431,6 +431,16 @@ impl FileConfig {
                     ))
                 })?;
             let role = crate::auth::Role::parse(&t.role).map_err(|e| bad(format!("{ctx}: {e}")))?;
+            if role >= crate::auth::Role::Auditor && (t.logs.is_some() || t.subjects.is_some()) {
+                // Scopes would be silently ignored: auditors and admins act
+                // on every log (the signing key, holds on every log, the
+                // system logs), so refuse rather than mislead.
+                return Err(bad(format!(
+                    "{ctx}: logs and subjects scope writer and reader tokens only; \
+                     an {} token acts on every log",
+                    role.as_str()
+                )));
+            }
             if let Some(logs) = &t.logs {
                 for l in logs {
                     let known = logs_named(&logs_for_tokens, l);
@@ -560,6 +570,10 @@ mod tests {
             ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention = \"0s\"\n", "more than 0"),
             ("[[log]]\nname = \"_system\"\norigin = \"x/a\"\n", "reserved"),
             ("[limits]\nmax_payload_bytes = 10\nmax_request_bytes = 5\n", "larger than"),
+            (
+                "[[token]]\nname = \"ops\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\nrole = \"admin\"\nsubjects = [\"order:\"]\n",
+                "scope writer and reader tokens only",
+            ),
         ];
         for (text, want) in cases {
             let err = match FileConfig::parse(text) {

@@ -4,8 +4,15 @@
 //! `verifier.pub`, verifier key text; FORMAT.md §4) and the one place that
 //! draws randomness for a key.
 //!
-//! Invariants: a key file is never overwritten; a signer key file readable by
-//! group or others is refused when loaded.
+//! Invariants:
+//! - A signer key file readable by group or others is refused when loaded.
+//! - A key file is never overwritten, with one exception: a rotation
+//!   replaces `signer.key` by `signer.key.next` in one rename, and only
+//!   after the key it replaces was kept as `signer.key.retired-<id>` (which
+//!   the operator may destroy once rotation is done: verifying needs only
+//!   public keys). At every instant `signer.key` holds a whole key.
+//! - `verifier.pub` beside a rotated key only grows: it lists every key the
+//!   server signed with, oldest first.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -182,6 +189,120 @@ pub fn load_verifiers(path: &Path) -> Result<Vec<VerifierKey>, KeyFileError> {
     Ok(keys)
 }
 
+/// Where a rotation in progress writes the new key: `P.next`.
+pub fn next_path(signer: &Path) -> PathBuf {
+    with_suffix(signer, ".next")
+}
+
+/// Where a rotation keeps the key it replaces: `P.retired-<key id>`.
+pub fn retired_path(signer: &Path, key: &VerifierKey) -> PathBuf {
+    with_suffix(signer, &format!(".retired-{:08x}", key.key_id()))
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn dir_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), KeyFileError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Rotation, step 1 (before anything is recorded): keeps a copy of the
+/// current key as `P.retired-<id>` and writes the new key as `P.next`, both
+/// mode 0600 and synced. Either file existing with other contents is an
+/// error.
+///
+/// # Errors
+/// I/O, or a leftover file that is not this rotation's.
+pub fn stage_rotation(
+    signer: &Path,
+    current: &SignerKey,
+    new: &SignerKey,
+) -> Result<(), KeyFileError> {
+    for (path, key) in [
+        (retired_path(signer, &current.verifier()), current),
+        (next_path(signer), new),
+    ] {
+        let text = format!("{}\n", key.to_text());
+        match write_new(&path, &text, 0o600) {
+            Err(KeyFileError::Exists(_)) if fs::read_to_string(&path).ok() == Some(text) => {}
+            other => other?,
+        }
+    }
+    sync_dir(dir_of(signer))
+}
+
+/// Rotation, step 3 (once the transition is durable): renames `P.next`
+/// over `P`, syncs the directory, and adds the new key to `verifier.pub`
+/// beside it (creating it if missing).
+///
+/// # Errors
+/// I/O.
+pub fn promote_rotation(signer: &Path, new: &VerifierKey) -> Result<(), KeyFileError> {
+    let next = next_path(signer);
+    fs::rename(&next, signer).map_err(io_err(&next))?;
+    let dir = dir_of(signer);
+    sync_dir(dir)?;
+    let public = dir.join(VERIFIER_FILE);
+    let mut text = match fs::read_to_string(&public) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&public)(e)),
+    };
+    let line = new.to_text();
+    if text.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&line);
+    text.push('\n');
+    let tmp = with_suffix(&public, ".tmp");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, &text, 0o644)?;
+    fs::rename(&tmp, &public).map_err(io_err(&public))?;
+    sync_dir(dir)
+}
+
+/// The new key of a rotation that was staged and not promoted, if any.
+///
+/// # Errors
+/// An unreadable or insecure `P.next`.
+pub fn staged_rotation(signer: &Path) -> Result<Option<SignerKey>, KeyFileError> {
+    let next = next_path(signer);
+    if !next.exists() {
+        return Ok(None);
+    }
+    load_signer(&next).map(Some)
+}
+
+/// Undoes a staged rotation that was never recorded: removes `P.next` and
+/// the retired copy of `current` (which `P` still holds).
+///
+/// # Errors
+/// I/O.
+pub fn abandon_rotation(signer: &Path, current: &VerifierKey) -> Result<(), KeyFileError> {
+    for p in [next_path(signer), retired_path(signer, current)] {
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&p)(e)),
+            _ => {}
+        }
+    }
+    sync_dir(dir_of(signer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +327,42 @@ mod tests {
         ));
         // The original key is untouched.
         assert_eq!(load_signer(&sp).unwrap().to_text(), signer.to_text());
+    }
+
+    #[test]
+    fn staged_rotation_promotes_or_abandons() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = generate_signer("k").unwrap();
+        let new = generate_signer("k").unwrap();
+        let (sp, vp) = write_key_pair(dir.path(), &old).unwrap();
+        assert!(staged_rotation(&sp).unwrap().is_none());
+        stage_rotation(&sp, &old, &new).unwrap();
+        // Staging again (a retry) is harmless.
+        stage_rotation(&sp, &old, &new).unwrap();
+        assert_eq!(
+            staged_rotation(&sp).unwrap().unwrap().to_text(),
+            new.to_text()
+        );
+        // The active key is untouched until promotion.
+        assert_eq!(load_signer(&sp).unwrap().to_text(), old.to_text());
+
+        abandon_rotation(&sp, &old.verifier()).unwrap();
+        assert!(staged_rotation(&sp).unwrap().is_none());
+        assert!(!retired_path(&sp, &old.verifier()).exists());
+
+        stage_rotation(&sp, &old, &new).unwrap();
+        promote_rotation(&sp, &new.verifier()).unwrap();
+        assert_eq!(load_signer(&sp).unwrap().to_text(), new.to_text());
+        let retired = retired_path(&sp, &old.verifier());
+        assert_eq!(load_signer(&retired).unwrap().to_text(), old.to_text());
+        assert_eq!(
+            load_verifiers(&vp).unwrap(),
+            vec![old.verifier(), new.verifier()]
+        );
+        // A different key cannot be staged over a leftover.
+        let other = generate_signer("k").unwrap();
+        fs::write(next_path(&sp), "junk").unwrap();
+        assert!(stage_rotation(&sp, &new, &other).is_err());
     }
 
     #[cfg(unix)]

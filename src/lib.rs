@@ -14,6 +14,7 @@ pub mod config;
 pub mod core;
 pub mod engine;
 pub mod keys;
+pub mod rotation;
 pub mod serve;
 pub mod service;
 pub mod store;

@@ -76,6 +76,11 @@ enum Command {
         #[arg(long, requires = "tls_cert", env = "AUDITLOG_TLS_CLIENT_CA")]
         tls_client_ca: Option<PathBuf>,
     },
+    /// Signing keys: rotate the server's key.
+    Keys {
+        #[command(subcommand)]
+        cmd: cli_admin::KeysCommand,
+    },
     /// Bearer tokens: create one.
     Token {
         #[command(subcommand)]
@@ -350,6 +355,7 @@ fn main() -> ExitCode {
             actor,
         } => admin_exit("erase", cli_admin::erase(at, log, subject, actor)),
         Command::Retention { cmd } => admin_exit("retention", cli_admin::retention(cmd)),
+        Command::Keys { cmd } => admin_exit("keys rotate", cli_admin::keys(cmd)),
         Command::Export {
             format,
             server,
@@ -622,6 +628,16 @@ fn verify_command(
         _ => return usage("give a bundle file or --data-dir".into()),
     };
     let valid = report.is_valid();
+    let transitions: Vec<serde_json::Value> = report
+        .transitions
+        .iter()
+        .map(|(t, followed)| {
+            serde_json::json!({
+                "from": t.from.to_text(), "to": t.to.to_text(),
+                "time_unix_nanos": t.time_unix_nanos, "followed": followed,
+            })
+        })
+        .collect();
     if json {
         let findings: Vec<serde_json::Value> = report
             .findings
@@ -642,6 +658,7 @@ fn verify_command(
                 "checkpoints_checked": report.checkpoints_checked,
                 "seals_checked": report.seals_checked,
                 "findings": findings,
+                "key_transitions": transitions,
             })
         );
     } else {
@@ -653,6 +670,22 @@ fn verify_command(
             );
         } else {
             println!("INVALID: {what}: {failures} problem(s) found");
+        }
+        for (t, followed) in &report.transitions {
+            let when = auditlog::core::transition::format_time(t.time_unix_nanos);
+            if *followed {
+                println!(
+                    "KEY_ROTATION: trusting {} through the rotation of {when} signed by {}",
+                    t.to.to_text(),
+                    t.from.to_text()
+                );
+            } else {
+                println!(
+                    "KEY_ROTATION: not following the rotation of {when} from {} (not a trusted key) to {}",
+                    t.from.to_text(),
+                    t.to.to_text()
+                );
+            }
         }
         for f in &report.findings {
             println!("{f}");

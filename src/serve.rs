@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::core::note::SignerKey;
 use crate::engine::{Engine, SystemClock};
 use crate::keys;
+use crate::rotation::{KeyRotator, Recovery};
 use crate::service::Service;
 use crate::store::embedded::EmbeddedStore;
 
@@ -22,6 +23,14 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Name of keys created by `serve` on first start.
 pub const DEFAULT_KEY_NAME: &str = "auditlog";
 
+/// The signer key file of a configuration: `key`, or `DATA/keys/signer.key`.
+pub fn key_path(config: &Config) -> PathBuf {
+    config
+        .key
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("keys").join(keys::SIGNER_FILE))
+}
+
 /// Loads the signing key, or creates `DATA/keys/signer.key` on first start.
 /// Returns the key and, when it was just created, the verifier file path.
 ///
@@ -30,17 +39,68 @@ pub const DEFAULT_KEY_NAME: &str = "auditlog";
 pub fn load_or_create_key(
     config: &Config,
 ) -> Result<(SignerKey, Option<PathBuf>), keys::KeyFileError> {
-    if let Some(path) = &config.key {
-        return Ok((keys::load_signer(path)?, None));
-    }
-    let dir = config.data_dir.join("keys");
-    let path = dir.join(keys::SIGNER_FILE);
-    if path.exists() {
+    let path = key_path(config);
+    if config.key.is_some() || path.exists() {
         return Ok((keys::load_signer(&path)?, None));
     }
     let signer = keys::generate_signer(DEFAULT_KEY_NAME)?;
-    let (_, verifier) = keys::write_key_pair(&dir, &signer)?;
+    let (_, verifier) = keys::write_key_pair(path.parent().unwrap_or(&config.data_dir), &signer)?;
     Ok((signer, Some(verifier)))
+}
+
+/// An engine over an embedded data directory, opened as `serve` opens it.
+pub struct Opened {
+    /// The running engine.
+    pub engine: Arc<Engine>,
+    /// Its store.
+    pub store: Arc<EmbeddedStore>,
+    /// Rotates the key file the engine signs with.
+    pub rotator: Arc<KeyRotator>,
+    /// The verifier file written when the key was created just now.
+    pub created: Option<PathBuf>,
+    /// What was found of an interrupted key rotation.
+    pub recovery: Recovery,
+}
+
+/// Loads (with `create_key`: or creates) the key, opens the store, starts
+/// the engine and finishes or undoes an interrupted key rotation.
+///
+/// # Errors
+/// Key files, store or engine start-up failures.
+pub fn open(
+    config: &Config,
+    create_key: bool,
+) -> Result<Opened, Box<dyn std::error::Error + Send + Sync>> {
+    let (signer, created) = if create_key {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+        load_or_create_key(config)?
+    } else {
+        (keys::load_signer(&key_path(config))?, None)
+    };
+    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let engine = Arc::new(Engine::start(
+        store.clone(),
+        Arc::new(signer),
+        config.logs.clone(),
+        config.limits.clone(),
+        Arc::new(SystemClock),
+    )?);
+    let rotator = Arc::new(KeyRotator::new(key_path(config)));
+    let recovery = match rotator.recover(&engine) {
+        Ok(r) => r,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e.into());
+        }
+    };
+    Ok(Opened {
+        engine,
+        store,
+        rotator,
+        created,
+        recovery,
+    })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -72,26 +132,31 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
             .into());
         }
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
-    let (signer, created) = load_or_create_key(&config)?;
+    let Opened {
+        engine,
+        store,
+        rotator,
+        created,
+        recovery,
+    } = open(&config, true)?;
     if let Some(v) = created {
         eprintln!(
             "auditlog: created a signing key; its public key is in {}",
             v.display()
         );
     }
-    let verifier = signer.verifier();
-    eprintln!("auditlog: verifier key {}", verifier.to_text());
-
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-    let engine = Arc::new(Engine::start(
-        store.clone(),
-        Arc::new(signer),
-        config.logs.clone(),
-        config.limits.clone(),
-        Arc::new(SystemClock),
-    )?);
+    match recovery {
+        Recovery::None => {}
+        Recovery::Abandoned(k) => eprintln!(
+            "auditlog: removed the staged key {} of a key rotation that never completed",
+            k.to_text()
+        ),
+        Recovery::Finished(k) => eprintln!(
+            "auditlog: finished an interrupted key rotation: now signing with {}",
+            k.to_text()
+        ),
+    }
+    eprintln!("auditlog: verifier key {}", engine.verifier().to_text());
     for r in store.take_recoveries() {
         eprintln!(
             "auditlog: recovered log {}: cut {} bytes ({} unacknowledged entries) from {} at byte {}{}",
@@ -140,7 +205,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = Service::new(engine.clone(), Some(config.data_dir.clone()), verifier)
+    let service = Service::new(engine.clone(), Some(config.data_dir.clone()))
+        .with_rotator(rotator)
         .with_tokens(crate::auth::Tokens::new(config.tokens.clone()))
         .with_stream_idle(config.stream_idle_timeout);
 

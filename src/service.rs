@@ -24,13 +24,13 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Action, Denied, Principal, Tokens};
 use crate::core::hash::Hash;
-use crate::core::note::VerifierKey;
 use crate::core::seal::SealReason;
-use crate::engine::admin::{AdminError, Hold, Target, ACCESS_LOG};
+use crate::engine::admin::{AdminError, Hold, Target, ACCESS_LOG, SYSTEM_LOG};
 use crate::engine::input::{AppendError, EntryInput};
 use crate::engine::{AppendOutcome, Engine, ReadError};
 use crate::proto;
 use crate::proto::audit_log_server::{AuditLog, AuditLogServer};
+use crate::rotation::{KeyRotator, RotateError};
 use crate::store::{PayloadState, StoreError, StoredEntry};
 
 /// Requests of one `AppendStream` that may be in flight at once.
@@ -48,7 +48,7 @@ pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 pub struct Service {
     engine: Arc<Engine>,
     data_dir: Option<std::path::PathBuf>,
-    verifier: VerifierKey,
+    rotator: Option<Arc<KeyRotator>>,
     tokens: Tokens,
     stream_idle: std::time::Duration,
 }
@@ -58,19 +58,22 @@ pub const DEFAULT_STREAM_IDLE: std::time::Duration = std::time::Duration::from_s
 
 impl Service {
     /// A service over `engine`; `data_dir` enables the `Verify` RPC for the
-    /// embedded store, checked against `verifier`.
-    pub fn new(
-        engine: Arc<Engine>,
-        data_dir: Option<std::path::PathBuf>,
-        verifier: VerifierKey,
-    ) -> Service {
+    /// embedded store, checked against the keys the engine signed with.
+    pub fn new(engine: Arc<Engine>, data_dir: Option<std::path::PathBuf>) -> Service {
         Service {
             engine,
             data_dir,
-            verifier,
+            rotator: None,
             tokens: Tokens::default(),
             stream_idle: DEFAULT_STREAM_IDLE,
         }
+    }
+
+    /// Enables `RotateKey` for the key file the engine signs with.
+    #[must_use]
+    pub fn with_rotator(mut self, rotator: Arc<KeyRotator>) -> Service {
+        self.rotator = Some(rotator);
+        self
     }
 
     /// Closes an `AppendStream` after `idle` without a request.
@@ -682,6 +685,42 @@ impl AuditLog for Service {
             .await
     }
 
+    async fn rotate_key(
+        &self,
+        request: Request<proto::RotateKeyRequest>,
+    ) -> Result<Response<proto::RotateKeyResponse>, Status> {
+        let who = self.who(&request)?;
+        let r = request.into_inner();
+        // Scoped as the system log: the key signs every log, so a token
+        // scoped to some logs may not rotate it.
+        self.allow(&who, "RotateKey", Action::Administer, SYSTEM_LOG, None)
+            .await?;
+        let by = Self::actor(&who, r.requested_by);
+        let engine = self.engine.clone();
+        let result = match self.rotator.clone() {
+            None => Err(Status::failed_precondition(
+                "this server has no key file to rotate",
+            )),
+            Some(rotator) => {
+                blocking(move || {
+                    let rotated = rotator.rotate(&engine, &by).map_err(|e| match e {
+                        RotateError::Record(a) => admin_status(a),
+                        RotateError::Files(f) => Status::internal(f.to_string()),
+                    })?;
+                    Ok(Response::new(proto::RotateKeyResponse {
+                        from_key: rotated.from.to_text(),
+                        to_key: rotated.to.to_text(),
+                        transition: rotated.transition,
+                        system_seq: rotated.system_seq,
+                    }))
+                })
+                .await
+            }
+        };
+        self.audited(&who, "RotateKey", SYSTEM_LOG, None, "", result)
+            .await
+    }
+
     async fn place_hold(
         &self,
         request: Request<proto::PlaceHoldRequest>,
@@ -952,21 +991,22 @@ impl Service {
         let Some(dir) = self.data_dir.clone() else {
             return Err(Status::unimplemented("Verify needs the embedded store"));
         };
-        let key = self.verifier.clone();
+        let keys = self.engine.signing_history();
         if !r.log.is_empty() && self.engine.log_config(&r.log).is_none() {
             return Err(Status::not_found(format!("unknown log {:?}", r.log)));
         }
         blocking(move || {
             let internal = |e: std::io::Error| Status::internal(e.to_string());
             let report = if r.log.is_empty() {
-                crate::verify::store::verify_data_dir(&dir, std::slice::from_ref(&key))
-                    .map_err(internal)?
+                crate::verify::store::verify_data_dir(&dir, &keys).map_err(internal)?
             } else {
                 let mut report = crate::verify::Report::default();
+                let trust = crate::verify::store::follow_transitions(&dir, &keys, &mut report)
+                    .map_err(internal)?;
                 crate::verify::store::verify_log_dir(
                     &dir.join("logs").join(&r.log),
                     &r.log,
-                    std::slice::from_ref(&key),
+                    &trust.keys,
                     &mut report,
                 )
                 .map_err(internal)?;

@@ -10,7 +10,7 @@ use auditlog::proto::export_request::Selector;
 use auditlog::proto::{
     AppendRequest, EntryInput, EraseRequest, ExportRequest, FindEntriesRequest,
     GetCheckpointRequest, GetConsistencyProofRequest, GetEntryRequest, ListHoldsRequest,
-    ListSegmentsRequest, PlaceHoldRequest, SealRequest, SeqRange, VerifyRequest,
+    ListSegmentsRequest, PlaceHoldRequest, RotateKeyRequest, SealRequest, SeqRange, VerifyRequest,
 };
 use common::server::start;
 use tonic::transport::Channel;
@@ -80,6 +80,7 @@ enum Rpc {
     Hold,
     Holds,
     Erase,
+    RotateKey,
 }
 
 /// The code a streaming call ends with (reading it to the end).
@@ -227,6 +228,11 @@ async fn call(
             .await
             .map(|_| ()),
         ),
+        Rpc::RotateKey => code(
+            c.rotate_key(with(token, RotateKeyRequest::default()))
+                .await
+                .map(|_| ()),
+        ),
     }
 }
 
@@ -299,6 +305,12 @@ async fn every_role_and_scope_gets_the_right_code() {
         (Some("ops"), Erase, "_access", "x", InvalidArgument),
         (Some("ops"), GetEntry(0), "_system", "", Ok),
         (Some("ops"), Append, "orders", "order:5", Denied),
+        // Only admins rotate the signing key (last: it changes the key).
+        (Some("auditor"), RotateKey, "", "", Denied),
+        (Some("support"), RotateKey, "", "", Denied),
+        (Some("backend"), RotateKey, "", "", Denied),
+        (None, RotateKey, "", "", Unauthenticated),
+        (Some("ops"), RotateKey, "", "", Ok),
     ];
     let mut failures = Vec::new();
     for (token, rpc, log, subject, want) in table {

@@ -16,6 +16,7 @@ use auditlog::core::merkle::{
 };
 use auditlog::core::note::{self, SignerKey};
 use auditlog::core::seal::{RetainUntil, Seal, SealReason};
+use auditlog::core::transition::KeyTransition;
 use serde_json::{json, Value};
 
 fn vectors() -> Vec<Value> {
@@ -204,6 +205,19 @@ fn seal_outputs(v: &Value) -> Value {
     })
 }
 
+fn transition_outputs(v: &Value) -> Value {
+    let old = SignerKey::from_seed(s(v, "from_key_name"), &arr32(s(v, "from_seed_hex"))).unwrap();
+    let new = SignerKey::from_seed(s(v, "to_key_name"), &arr32(s(v, "to_seed_hex"))).unwrap();
+    let t = KeyTransition {
+        from: old.verifier(),
+        to: new.verifier(),
+        time_unix_nanos: v["time_unix_nanos"].as_i64().unwrap(),
+    };
+    let signed = t.sign(&old, &new).unwrap();
+    assert_eq!(KeyTransition::open(&signed).unwrap(), t);
+    json!({ "body": t.to_text(), "signed_note": signed })
+}
+
 #[test]
 fn format_md_vectors_are_reproduced() {
     let vs = vectors();
@@ -217,11 +231,12 @@ fn format_md_vectors_are_reproduced() {
             "key" => key_outputs(v),
             "checkpoint" => checkpoint_outputs(v),
             "seal" => seal_outputs(v),
+            "transition" => transition_outputs(v),
             other => panic!("unknown vector kind {other}"),
         };
         check(v, computed);
     }
-    for kind in ["entry", "tree", "key", "checkpoint", "seal"] {
+    for kind in ["entry", "tree", "key", "checkpoint", "seal", "transition"] {
         assert!(kinds.contains_key(kind), "FORMAT.md has no {kind} vector");
     }
 }

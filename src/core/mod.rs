@@ -11,9 +11,11 @@ pub mod hash;
 pub mod merkle;
 pub mod note;
 pub mod seal;
+pub mod transition;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{commit_payload, Entry, Salt};
 pub use hash::{Blake3, Hash, Sha256, TreeHasher};
 pub use note::{SignerKey, VerifierKey};
 pub use seal::{RetainUntil, Seal, SealReason};
+pub use transition::KeyTransition;

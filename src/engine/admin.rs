@@ -18,15 +18,19 @@
 //!   commitments, metadata and seals stay, so every proof still verifies.
 //! - Administrative acts run one at a time (a hold placed while an expiry
 //!   runs takes effect before or after it, never halfway).
+//! - A key rotation is durable in `_system` (signed by the old key, the
+//!   transition note inside signed by both) before any checkpoint or seal
+//!   is signed with the new key.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::core::note;
+use crate::core::note::{self, SignerKey, VerifierKey};
 use crate::core::seal::{RetainUntil, Seal, SealReason};
+use crate::core::transition::KeyTransition;
 use crate::store::{PayloadState, Removal, StoreError};
 
 use super::input::{AppendError, EntryInput};
@@ -171,6 +175,22 @@ pub(super) struct AdminState {
     acting: Mutex<()>,
     /// Expired segments with nothing left to remove: (log, segment).
     done: Mutex<HashSet<(String, u64)>>,
+    /// Key transitions recorded in `_system`, oldest first, with their
+    /// signed notes.
+    transitions: RwLock<Vec<(KeyTransition, String)>>,
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedKey {
+    /// The retired key.
+    pub from: VerifierKey,
+    /// The key that signs from now on.
+    pub to: VerifierKey,
+    /// The transition note, signed by both keys.
+    pub transition: String,
+    /// Seq of the `key.rotate` entry in `_system`.
+    pub system_seq: u64,
 }
 
 /// The system entry that records a seal.
@@ -207,6 +227,17 @@ fn system_entry(subject: &str, actor: &str, kind: &str, body: &serde_json::Value
     }
 }
 
+/// Kind of the `_system` entry that records a key rotation.
+pub const ROTATE_KIND: &str = "key.rotate";
+
+/// The transition a `key.rotate` payload carries, if it opens.
+pub fn transition_of(payload: &[u8]) -> Option<(KeyTransition, String)> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let note = v.get("transition")?.as_str()?.to_owned();
+    let t = KeyTransition::open(&note).ok()?;
+    Some((t, note))
+}
+
 fn parse_seal_text(signed: &str) -> Option<Seal> {
     let (text, _) = note::parse(signed).ok()?;
     Seal::from_text(&text).ok()
@@ -225,12 +256,13 @@ impl Engine {
         Ok(out.receipts[0].seq)
     }
 
-    /// Rebuilds the holds from `_system`.
-    pub(super) fn load_holds(&self) -> Result<(), StoreError> {
+    /// Rebuilds the holds and the key transitions from `_system`.
+    pub(super) fn load_admin_state(&self) -> Result<(), StoreError> {
         let Some((size, _)) = self.checkpoint(SYSTEM_LOG).ok().flatten() else {
             return Ok(());
         };
         let mut holds = BTreeMap::new();
+        let mut transitions = Vec::new();
         for seq in 0..size {
             let Some(stored) = self.store.entry(SYSTEM_LOG, seq)? else {
                 continue;
@@ -250,11 +282,109 @@ impl Engine {
                         }
                     }
                 }
+                ROTATE_KIND => {
+                    if let Some((t, note)) = transition_of(&stored.payload) {
+                        transitions.push((t, note));
+                    }
+                }
                 _ => {}
             }
         }
         *self.admin.holds.write().expect("holds lock") = holds;
+        *self.admin.transitions.write().expect("transitions lock") = transitions;
         Ok(())
+    }
+
+    /// The verifier key of the key signing now.
+    pub fn verifier(&self) -> VerifierKey {
+        self.signer.read().expect("signer lock").verifier()
+    }
+
+    /// Every key this server is known to have signed with: the current one
+    /// and, going back along recorded transitions, each key it replaced.
+    pub fn signing_history(&self) -> Vec<VerifierKey> {
+        let transitions = self.admin.transitions.read().expect("transitions lock");
+        let mut keys = vec![self.verifier()];
+        while let Some((t, _)) = transitions
+            .iter()
+            .find(|(t, _)| keys.last() == Some(&t.to) && !keys.contains(&t.from))
+        {
+            keys.push(t.from.clone());
+        }
+        keys.reverse();
+        keys
+    }
+
+    /// The signed key transition notes recorded in `_system`, oldest first
+    /// (what an evidence bundle carries so old-key holders can follow).
+    pub fn key_transitions(&self) -> Vec<String> {
+        let transitions = self.admin.transitions.read().expect("transitions lock");
+        transitions.iter().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// Rotates the signing key: records in `_system` a transition from the
+    /// current key to `new`, signed by both, and only once it is durable
+    /// signs everything after with `new`.
+    ///
+    /// # Errors
+    /// `new` is the current key; recording failed (the old key stays).
+    pub fn rotate_key(&self, new: SignerKey, by: &str) -> Result<RotatedKey, AdminError> {
+        let _one = self.admin.acting.lock().expect("admin lock");
+        let old = self.signer.read().expect("signer lock").clone();
+        let t = KeyTransition {
+            from: old.verifier(),
+            to: new.verifier(),
+            time_unix_nanos: self.now(),
+        };
+        if t.from == t.to {
+            return Err(AdminError::Invalid(
+                "the new key is the key signing now".into(),
+            ));
+        }
+        let signed = t
+            .sign(&old, &new)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let system_seq = self.record(system_entry(
+            &format!("key:{}", t.to.to_text()),
+            by,
+            ROTATE_KIND,
+            &json!({
+                "from": t.from.to_text(),
+                "to": t.to.to_text(),
+                "time_unix_nanos": t.time_unix_nanos,
+                "transition": signed,
+            }),
+        ))?;
+        *self.signer.write().expect("signer lock") = Arc::new(new);
+        self.admin
+            .transitions
+            .write()
+            .expect("transitions lock")
+            .push((t.clone(), signed.clone()));
+        Ok(RotatedKey {
+            from: t.from,
+            to: t.to,
+            transition: signed,
+            system_seq,
+        })
+    }
+
+    /// Signs with `key` from now on, if `_system` records a transition from
+    /// the current key to it (finishing a rotation interrupted after it was
+    /// recorded). Returns whether it did.
+    pub fn adopt_rotated_key(&self, key: SignerKey) -> bool {
+        let current = self.verifier();
+        let recorded = self
+            .admin
+            .transitions
+            .read()
+            .expect("transitions lock")
+            .iter()
+            .any(|(t, _)| t.from == current && t.to == key.verifier());
+        if recorded {
+            *self.signer.write().expect("signer lock") = Arc::new(key);
+        }
+        recorded
     }
 
     fn check_log(&self, log: &str) -> Result<(), AdminError> {

@@ -201,7 +201,11 @@ pub struct Engine {
     logs: HashMap<String, LogRuntime>,
     clock: Arc<dyn Clock>,
     admin: admin::AdminState,
+    signer: SignerSlot,
 }
+
+/// The key every worker signs with; replaced whole by a key rotation.
+pub(crate) type SignerSlot = Arc<RwLock<Arc<SignerKey>>>;
 
 /// Most entries gathered into one group commit.
 const MAX_BATCH_ENTRIES: usize = 8192;
@@ -223,6 +227,7 @@ impl Engine {
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StoreError> {
+        let signer: SignerSlot = Arc::new(RwLock::new(signer));
         let mut configs = configs;
         for own in [admin::ACCESS_LOG, admin::SYSTEM_LOG] {
             if !configs.iter().any(|c| c.name == own) {
@@ -286,8 +291,9 @@ impl Engine {
             logs,
             clock,
             admin: admin::AdminState::default(),
+            signer,
         };
-        engine.load_holds()?;
+        engine.load_admin_state()?;
         Ok(engine)
     }
 
@@ -593,7 +599,15 @@ impl Engine {
             store: self.store.as_ref(),
             log,
         };
-        let mut w = BundleWriter::new(out, log, &config.origin, query, &checkpoint).map_err(io)?;
+        let mut w = BundleWriter::new(
+            out,
+            log,
+            &config.origin,
+            query,
+            &checkpoint,
+            &self.key_transitions(),
+        )
+        .map_err(io)?;
         for chunk in seqs.chunks(CHUNK) {
             let proofs = merkle::inclusion_proofs::<Blake3>(&nodes, chunk.iter().copied(), size)?;
             for (seq, proof) in chunk.iter().zip(proofs) {
@@ -697,7 +711,7 @@ struct Pending {
 struct Worker {
     sequencer: Sequencer,
     store: Arc<dyn Store>,
-    signer: Arc<SignerKey>,
+    signer: SignerSlot,
     clock: Arc<dyn Clock>,
     config: LogConfig,
     view: Arc<RwLock<LogView>>,
@@ -733,6 +747,11 @@ fn matches_stored(stored: &StoredEntry, p: &PreparedEntry) -> bool {
 }
 
 impl Worker {
+    /// The key to sign with now (a rotation replaces it between batches).
+    fn signing_key(&self) -> Arc<SignerKey> {
+        self.signer.read().expect("signer lock").clone()
+    }
+
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         loop {
             // Windows that ended while the log was idle (or down) are sealed
@@ -849,7 +868,7 @@ impl Worker {
         let retention = self.config.retention.map(|d| d.as_nanos() as i64);
         let (seal, next) = self.sequencer.seal(span_to, reason, retention);
         let signed = seal
-            .sign(&self.signer)
+            .sign(&self.signing_key())
             .map_err(|e| AppendError::Unavailable(format!("signing the seal: {e}")))?;
         self.store
             .seal(&self.config.name, &seal, &signed)
@@ -1012,7 +1031,7 @@ impl Worker {
             };
             let proposal = self.sequencer.sequence(fresh, now);
             let (mut batch, cp, new_nodes, next) = proposal.into_parts();
-            let signed = match cp.sign(&self.signer) {
+            let signed = match cp.sign(&self.signing_key()) {
                 Ok(s) => s,
                 Err(e) => {
                     for p in pending {

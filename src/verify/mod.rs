@@ -15,6 +15,9 @@ pub mod store;
 
 use std::fmt;
 
+use crate::core::note::VerifierKey;
+use crate::core::transition::{explain_untrusted, KeyTransition};
+
 /// The stable verdict codes of `auditlog verify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -117,6 +120,9 @@ pub struct Report {
     pub checkpoints_checked: u64,
     /// Seals verified.
     pub seals_checked: u64,
+    /// Key transitions found (in order), each with whether it was followed
+    /// (its `from` key was trusted, so its `to` key became trusted).
+    pub transitions: Vec<(KeyTransition, bool)>,
 }
 
 impl Report {
@@ -135,6 +141,26 @@ impl Report {
     /// True if some finding has this verdict.
     pub fn has(&self, v: Verdict) -> bool {
         self.findings.iter().any(|f| f.verdict == v)
+    }
+
+    /// The detail of a note that failed to open: the error, and when it is
+    /// signed by no trusted key but by one a key transition names, which
+    /// key to add.
+    pub(crate) fn note_detail(
+        &self,
+        verdict: Verdict,
+        error: &dyn fmt::Display,
+        note: &str,
+        trusted: &[VerifierKey],
+    ) -> String {
+        if verdict != Verdict::UnknownKey {
+            return error.to_string();
+        }
+        let all: Vec<KeyTransition> = self.transitions.iter().map(|(t, _)| t.clone()).collect();
+        match explain_untrusted(note, trusted, &all) {
+            Some(why) => format!("{error}: {why}"),
+            None => error.to_string(),
+        }
     }
 
     pub(crate) fn add(

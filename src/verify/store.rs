@@ -22,6 +22,8 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::CompactRange;
 use crate::core::note::{NoteError, VerifierKey};
 use crate::core::seal::{Seal, SealError};
+use crate::core::transition::{follow, Trust};
+use crate::engine::admin::{transition_of, ROTATE_KIND, SYSTEM_LOG};
 use crate::store::embedded::is_valid_log_name;
 use crate::store::segment::{list_segments, PayloadState, Record, SegmentReader};
 
@@ -59,6 +61,8 @@ pub fn seal_verdict(e: &SealError) -> Verdict {
 /// I/O errors reading the directory (problems with contents are findings).
 pub fn verify_data_dir(root: &Path, keys: &[VerifierKey]) -> std::io::Result<Report> {
     let mut report = Report::default();
+    let trust = follow_transitions(root, keys, &mut report)?;
+    let keys = &trust.keys[..];
     let logs_dir = root.join("logs");
     let mut names = Vec::new();
     for e in std::fs::read_dir(&logs_dir)? {
@@ -74,6 +78,55 @@ pub fn verify_data_dir(root: &Path, keys: &[VerifierKey]) -> std::io::Result<Rep
         verify_log_dir(&logs_dir.join(&name), &name, keys, &mut report)?;
     }
     Ok(report)
+}
+
+/// The keys to trust in a data directory: `keys`, extended along the key
+/// transitions recorded in its `_system` log (`key.rotate` entries; each
+/// transition is signed by both its keys, so its place in the store adds
+/// no trust). A `key.rotate` entry whose transition does not open is a
+/// finding.
+///
+/// # Errors
+/// I/O errors reading the `_system` segments.
+pub fn follow_transitions(
+    root: &Path,
+    keys: &[VerifierKey],
+    report: &mut Report,
+) -> std::io::Result<Trust> {
+    let dir = root.join("logs").join(SYSTEM_LOG);
+    let mut transitions = Vec::new();
+    if dir.is_dir() {
+        for (index, path) in list_segments(&dir)? {
+            let mut reader = SegmentReader::open(&path)?;
+            // Damaged records are the log check's findings; here they are
+            // only skipped.
+            while let Ok(Some((_, record))) = reader.next_record()? {
+                let Record::Entry(e) = record else { continue };
+                let Ok(entry) = e.entry() else { continue };
+                if entry.kind != ROTATE_KIND || e.state != PayloadState::Present {
+                    continue;
+                }
+                match transition_of(&e.payload) {
+                    Some((t, _)) => transitions.push(t),
+                    None => report.add(
+                        Verdict::BadSignature,
+                        SYSTEM_LOG,
+                        Some(entry.seq),
+                        Some(index),
+                        "transition",
+                        "a key.rotate entry whose transition does not open",
+                    ),
+                }
+            }
+        }
+    }
+    let trust = follow(keys, &transitions);
+    report.transitions = transitions
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), trust.followed.contains(&i)))
+        .collect();
+    Ok(trust)
 }
 
 /// Per-log verification state.
@@ -431,13 +484,15 @@ impl LogCheck<'_> {
         let cp = match Checkpoint::open(text, self.keys, self.origin.as_deref()) {
             Ok((cp, _)) => cp,
             Err(e) => {
+                let v = checkpoint_verdict(&e);
+                let detail = report.note_detail(v, &e, text, self.keys);
                 report.add(
-                    checkpoint_verdict(&e),
+                    v,
                     log,
                     Some(self.tree.size()),
                     Some(segment),
                     "checkpoint",
-                    e.to_string(),
+                    detail,
                 );
                 return;
             }
@@ -491,14 +546,9 @@ impl LogCheck<'_> {
         let seal = match Seal::open(text, self.keys) {
             Ok((s, _)) => s,
             Err(e) => {
-                report.add(
-                    seal_verdict(&e),
-                    log,
-                    None,
-                    Some(segment),
-                    "seal",
-                    e.to_string(),
-                );
+                let v = seal_verdict(&e);
+                let detail = report.note_detail(v, &e, text, self.keys);
+                report.add(v, log, None, Some(segment), "seal", detail);
                 return;
             }
         };
