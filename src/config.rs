@@ -11,6 +11,10 @@
 //!
 //! retention_check_every = "1m"
 //!
+//! [store]                 # default: the embedded store in data_dir
+//! kind = "postgres"
+//! url = "postgres://auditlog@db.internal:5432/auditlog"
+//!
 //! [limits]
 //! max_payload_bytes = 1048576
 //!
@@ -70,6 +74,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Signer key file.
     pub key: Option<PathBuf>,
+    /// Where logs are stored (default: the embedded store in `data_dir`).
+    pub store: Option<StoreSection>,
     /// Append limits.
     pub limits: Option<LimitsSection>,
     /// How often the server expires what retention ended (`"1m"`).
@@ -199,6 +205,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// `[store]`: which store holds the logs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `"embedded"` (default) or `"postgres"`.
+    pub kind: Option<String>,
+    /// With `kind = "postgres"`: the database URL
+    /// (`postgres://user@host:5432/auditlog`).
+    pub url: Option<String>,
+}
+
+/// The store the server uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    /// Segment files in the data directory.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by any number of servers.
+    Postgres(String),
+}
+
+impl StoreKind {
+    /// Parses `--store`: `embedded`, or a `postgres://` / `postgresql://` URL.
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(s: &str) -> Result<StoreKind, String> {
+        if s == "embedded" {
+            Ok(StoreKind::Embedded)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreKind::Postgres(s.to_owned()))
+        } else {
+            Err(format!(
+                "store {s:?}: give \"embedded\" or a postgres:// URL"
+            ))
+        }
+    }
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -208,6 +253,8 @@ pub struct Config {
     pub listen: String,
     /// Signer key file (`None`: `DATA/keys/signer.key`, created if missing).
     pub key: Option<PathBuf>,
+    /// Where the logs are.
+    pub store: StoreKind,
     /// Limits.
     pub limits: Limits,
     /// How often the server runs retention expiry.
@@ -476,7 +523,28 @@ impl FileConfig {
                     ))
                 })?,
         };
+        let store = match self.store {
+            None => StoreKind::Embedded,
+            Some(st) => match (st.kind.as_deref().unwrap_or("embedded"), st.url) {
+                ("embedded", None) => StoreKind::Embedded,
+                ("postgres", Some(url)) => {
+                    StoreKind::parse(&url).map_err(|e| bad(format!("[store] url: {e}")))?
+                }
+                ("postgres", None) => {
+                    return Err(bad("[store] kind = \"postgres\" needs a url".into()))
+                }
+                ("embedded", Some(_)) => {
+                    return Err(bad("[store] url is for kind = \"postgres\"".into()))
+                }
+                (other, _) => {
+                    return Err(bad(format!(
+                        "[store] kind {other:?}: \"embedded\" or \"postgres\""
+                    )))
+                }
+            },
+        };
         Ok(Config {
+            store,
             stream_idle_timeout,
             insecure_no_auth: false,
             tls: None,
@@ -569,6 +637,9 @@ mod tests {
             ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention_window = \"0s\"\n", "at least 1s"),
             ("[[log]]\nname = \"a\"\norigin = \"x/a\"\nretention = \"0s\"\n", "more than 0"),
             ("[[log]]\nname = \"_system\"\norigin = \"x/a\"\n", "reserved"),
+            ("[store]\nkind = \"postgres\"\n", "needs a url"),
+            ("[store]\nkind = \"mysql\"\n", "\"embedded\" or \"postgres\""),
+            ("[store]\nkind = \"postgres\"\nurl = \"mysql://x\"\n", "postgres:// URL"),
             ("[limits]\nmax_payload_bytes = 10\nmax_request_bytes = 5\n", "larger than"),
             (
                 "[[token]]\nname = \"ops\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\nrole = \"admin\"\nsubjects = [\"order:\"]\n",

@@ -61,6 +61,11 @@ enum Command {
         /// Signer key file (default DATA/keys/signer.key, created if missing).
         #[arg(long, env = "AUDITLOG_KEY")]
         key: Option<PathBuf>,
+        /// Where logs are stored: "embedded" (segment files in the data
+        /// directory, the default) or a postgres:// URL, which any number of
+        /// servers may share (they must all use the same --key).
+        #[arg(long, env = "AUDITLOG_STORE", value_parser = auditlog::config::StoreKind::parse)]
+        store: Option<auditlog::config::StoreKind>,
         /// Serve with no [[token]] on a non-loopback address: anyone who
         /// can connect may read and administer everything. For tests behind
         /// another gate only.
@@ -80,6 +85,16 @@ enum Command {
     Keys {
         #[command(subcommand)]
         cmd: cli_admin::KeysCommand,
+    },
+    /// Create or upgrade the PostgreSQL schema (servers also do it on
+    /// start). Migrations only go forward; a database newer than this
+    /// auditlog is refused.
+    ///
+    /// Example: auditlog migrate --store postgres://auditlog@db.internal/auditlog
+    Migrate {
+        /// The database URL.
+        #[arg(long, env = "AUDITLOG_STORE")]
+        store: String,
     },
     /// Bearer tokens: create one.
     Token {
@@ -356,6 +371,20 @@ fn main() -> ExitCode {
         } => admin_exit("erase", cli_admin::erase(at, log, subject, actor)),
         Command::Retention { cmd } => admin_exit("retention", cli_admin::retention(cmd)),
         Command::Keys { cmd } => admin_exit("keys rotate", cli_admin::keys(cmd)),
+        Command::Migrate { store } => match auditlog::store::postgres::migrate(&store) {
+            Ok((from, to)) if from == to => {
+                println!("schema version {to}: up to date");
+                ExitCode::SUCCESS
+            }
+            Ok((from, to)) => {
+                println!("schema version {from} -> {to}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("auditlog migrate: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Export {
             format,
             server,
@@ -442,6 +471,7 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             key,
+            store,
             insecure_no_auth,
             tls_cert,
             tls_key,
@@ -472,6 +502,9 @@ fn main() -> ExitCode {
             }
             if key.is_some() {
                 cfg.key = key;
+            }
+            if let Some(store) = store {
+                cfg.store = store;
             }
             cfg.insecure_no_auth = insecure_no_auth;
             cfg.tls = tls_cert.zip(tls_key);

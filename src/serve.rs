@@ -10,12 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::core::note::SignerKey;
 use crate::engine::{Engine, SystemClock};
 use crate::keys;
 use crate::rotation::{KeyRotator, Recovery};
 use crate::service::Service;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::postgres::PgStore;
+use crate::store::Store;
 
 /// HTTP/2 streams (concurrent calls) one connection may open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
@@ -48,12 +51,26 @@ pub fn load_or_create_key(
     Ok((signer, Some(verifier)))
 }
 
-/// An engine over an embedded data directory, opened as `serve` opens it.
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// An engine over its store, opened as `serve` opens it.
 pub struct Opened {
     /// The running engine.
     pub engine: Arc<Engine>,
-    /// Its store.
-    pub store: Arc<EmbeddedStore>,
+    /// Its store, when it is the embedded one (`None`: PostgreSQL).
+    pub store: Option<Arc<EmbeddedStore>>,
     /// Rotates the key file the engine signs with.
     pub rotator: Arc<KeyRotator>,
     /// The verifier file written when the key was created just now.
@@ -71,16 +88,32 @@ pub fn open(
     config: &Config,
     create_key: bool,
 ) -> Result<Opened, Box<dyn std::error::Error + Send + Sync>> {
-    let (signer, created) = if create_key {
+    let shared = matches!(config.store, StoreKind::Postgres(_));
+    let (signer, created) = if shared && !key_path(config).exists() {
+        // Every server on one database must sign with the same key: one
+        // made up here would be this server's alone.
+        return Err(format!(
+            "{} does not exist: servers sharing a database sign with one key; create it \
+             once with `auditlog keygen` and give every server the same file (--key)",
+            key_path(config).display()
+        )
+        .into());
+    } else if create_key {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
         load_or_create_key(config)?
     } else {
         (keys::load_signer(&key_path(config))?, None)
     };
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let (store, embedded): (Arc<dyn Store>, _) = match &config.store {
+        StoreKind::Embedded => {
+            let s = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+            (s.clone(), Some(s))
+        }
+        StoreKind::Postgres(url) => (Arc::new(PgStore::connect(url)?), None),
+    };
     let engine = Arc::new(Engine::start(
-        store.clone(),
+        store,
         Arc::new(signer),
         config.logs.clone(),
         config.limits.clone(),
@@ -96,7 +129,7 @@ pub fn open(
     };
     Ok(Opened {
         engine,
-        store,
+        store: embedded,
         rotator,
         created,
         recovery,
@@ -157,7 +190,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         ),
     }
     eprintln!("auditlog: verifier key {}", engine.verifier().to_text());
-    for r in store.take_recoveries() {
+    for r in store.iter().flat_map(|s| s.take_recoveries()) {
         eprintln!(
             "auditlog: recovered log {}: cut {} bytes ({} unacknowledged entries) from {} at byte {}{}",
             r.log,
@@ -205,7 +238,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = Service::new(engine.clone(), Some(config.data_dir.clone()))
+    let verify_dir = store.is_some().then(|| config.data_dir.clone());
+    let service = Service::new(engine.clone(), verify_dir)
         .with_rotator(rotator)
         .with_tokens(crate::auth::Tokens::new(config.tokens.clone()))
         .with_stream_idle(config.stream_idle_timeout);
@@ -214,10 +248,13 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let from = match &config.store {
+        StoreKind::Embedded => config.data_dir.display().to_string(),
+        StoreKind::Postgres(url) => format!("PostgreSQL {}", redact(url)),
+    };
     eprintln!(
-        "auditlog: serving {} log(s) from {} on {local}",
-        config.logs.len(),
-        config.data_dir.display()
+        "auditlog: serving {} log(s) from {from} on {local}",
+        config.logs.len()
     );
     // Machine-readable line for scripts and tests that pass port 0.
     println!("listening on {local}");

@@ -36,7 +36,7 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{self, TreeError};
 use crate::core::note::SignerKey;
 use crate::core::seal::{Seal, SealReason};
-use crate::store::{LogNodes, LogSpec, Store, StoreError, StoredEntry};
+use crate::store::{LogHead, LogNodes, LogSpec, Store, StoreError, StoredEntry};
 
 use input::{prepare, AppendError, EntryInput, Limits, PreparedEntry};
 use sequencer::{OverlayReader, Sequencer};
@@ -439,14 +439,27 @@ impl Engine {
     }
 
     fn view(&self, log: &str) -> Result<LogView, ReadError> {
-        Ok(self
+        let own = self
             .logs
             .get(log)
             .ok_or_else(|| ReadError::UnknownLog(log.to_owned()))?
             .view
             .read()
             .expect("view lock")
-            .clone())
+            .clone();
+        // On a shared store other processes append too: the latest durable
+        // checkpoint is the store's, not this process's last one.
+        if self.store.shared() {
+            if let Some((size, checkpoint)) = self.store.latest_checkpoint(log)? {
+                if size >= own.size {
+                    return Ok(LogView {
+                        size,
+                        checkpoint: Some(checkpoint),
+                    });
+                }
+            }
+        }
+        Ok(own)
     }
 
     /// Latest signed checkpoint and its size (`None` before the first append).
@@ -706,6 +719,8 @@ enum Slot {
 struct Pending {
     slots: Vec<Slot>,
     reply: Reply,
+    /// Index of the request it answers (to retry it).
+    request: usize,
 }
 
 struct Worker {
@@ -865,14 +880,39 @@ impl Worker {
     /// Seals the open segment with its span ending at `span_to` (or at the
     /// last timestamp given out, if later).
     fn seal_at(&mut self, span_to: i64, reason: SealReason) -> Result<Sealed, AppendError> {
+        let unavailable = |e: StoreError| AppendError::Unavailable(e.to_string());
+        let store = self.store.clone();
+        let lock = store.lock_head(&self.config.name).map_err(unavailable)?;
+        if let Some(l) = &lock {
+            if !self.sequencer.is_at(l.head()) {
+                // Another process appended or sealed: what was due may no
+                // longer be (its timer looks again); a request seals what
+                // is open now.
+                self.adopt_head(l.head());
+                if reason != SealReason::Request {
+                    return Err(AppendError::Unavailable(
+                        "the log moved on in another process".into(),
+                    ));
+                }
+            }
+        }
         let retention = self.config.retention.map(|d| d.as_nanos() as i64);
         let (seal, next) = self.sequencer.seal(span_to, reason, retention);
         let signed = seal
             .sign(&self.signing_key())
             .map_err(|e| AppendError::Unavailable(format!("signing the seal: {e}")))?;
-        self.store
-            .seal(&self.config.name, &seal, &signed)
-            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let written = match lock {
+            Some(l) => l.seal(&seal, &signed),
+            None => store.seal(&self.config.name, &seal, &signed),
+        };
+        if let Err(e) = written {
+            // Another process sealed or appended first: take the head it
+            // left (the next timer or request seals again if due).
+            if self.store.shared() {
+                let _ = self.refresh_head();
+            }
+            return Err(AppendError::Unavailable(e.to_string()));
+        }
         self.sequencer.commit(next);
         if let Some((tx, limits)) = &self.system {
             // Best effort: the seal itself is durable in this log's chain;
@@ -902,7 +942,7 @@ impl Worker {
         let mut fresh: Vec<PreparedEntry> = Vec::new();
         let mut keys: HashMap<String, usize> = HashMap::new();
         let mut pending = Vec::new();
-        'requests: for (entries, reply) in requests {
+        'requests: for (request, (entries, reply)) in requests.into_iter().enumerate() {
             let mut slots = Vec::with_capacity(entries.len());
             let mut staged: Vec<PreparedEntry> = Vec::new();
             let mut staged_keys: HashMap<String, usize> = HashMap::new();
@@ -958,7 +998,11 @@ impl Worker {
                 keys.insert(k, fresh.len() + j);
             }
             fresh.extend(staged);
-            pending.push(Pending { slots, reply });
+            pending.push(Pending {
+                slots,
+                reply,
+                request,
+            });
         }
         (fresh, pending)
     }
@@ -978,13 +1022,102 @@ impl Worker {
         }
     }
 
+    /// Appends the queued requests as one group commit. On a store other
+    /// processes write too, a batch planned against a head another
+    /// process has since moved is refused by the store; the head is then
+    /// read again and the requests planned again (their idempotency keys
+    /// looked up again too), a few times before giving up.
     fn append_batch(&mut self, requests: Vec<Request>) {
+        const ATTEMPTS: usize = 16;
+        let mut requests = requests;
+        for attempt in 1..=ATTEMPTS {
+            let keep: Option<Vec<Vec<PreparedEntry>>> = (self.store.shared() && attempt < ATTEMPTS)
+                .then(|| requests.iter().map(|(e, _)| e.clone()).collect());
+            let Some(moved) = self.try_append_batch(requests, keep.is_some()) else {
+                return;
+            };
+            let mut keep = keep.expect("kept when retrying");
+            if let Err(e) = self.refresh_head() {
+                for p in moved {
+                    let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
+                }
+                return;
+            }
+            requests = moved
+                .into_iter()
+                .map(|p| (std::mem::take(&mut keep[p.request]), p.reply))
+                .collect();
+        }
+    }
+
+    /// Reads the log's durable head from the store again (another process
+    /// appended or sealed).
+    fn refresh_head(&mut self) -> Result<(), StoreError> {
+        let spec = LogSpec {
+            name: self.config.name.clone(),
+            origin: self.config.origin.clone(),
+        };
+        let head = self.store.open_log(&spec, self.clock.now())?;
+        self.adopt_head(&head);
+        Ok(())
+    }
+
+    /// Continues from `head`, written by another process.
+    fn adopt_head(&mut self, head: &LogHead) {
+        self.sequencer = Sequencer::from_head(&self.config.origin, head);
+        self.checkpoint = head.latest_checkpoint.clone();
+        let mut v = self.view.write().expect("view lock");
+        v.size = head.size;
+        v.checkpoint = head.latest_checkpoint.clone();
+    }
+
+    /// One attempt of [`Worker::append_batch`]. With `retry`, a batch the
+    /// store refuses because its head moved is not answered: its pending
+    /// requests are returned to be planned again.
+    fn try_append_batch(&mut self, requests: Vec<Request>, retry: bool) -> Option<Vec<Pending>> {
         if requests.is_empty() {
-            return;
+            return None;
+        }
+        // On a shared store the whole batch (key look-ups, sequencing,
+        // signing, writing) happens under the log's head lock: no other
+        // process can extend the chain meanwhile.
+        let store = self.store.clone();
+        let lock = match store.lock_head(&self.config.name) {
+            Ok(l) => l,
+            Err(e) => {
+                for (_, reply) in requests {
+                    let _ = reply.send(Err(AppendError::Unavailable(e.to_string())));
+                }
+                return None;
+            }
+        };
+        if let Some(l) = &lock {
+            if !self.sequencer.is_at(l.head()) {
+                self.adopt_head(l.head());
+            }
         }
         let (fresh, pending) = self.plan(requests);
         if pending.is_empty() {
-            return;
+            return None;
+        }
+        // A duplicate beyond this process's head: another process appended
+        // it, so the head (and any key lookup against it) is stale.
+        let size = self.sequencer.size();
+        let stale = pending.iter().any(|p| {
+            p.slots
+                .iter()
+                .any(|s| matches!(s, Slot::Duplicate { seq, .. } if *seq >= size))
+        });
+        if stale {
+            if retry {
+                return Some(pending);
+            }
+            for p in pending {
+                let _ = p.reply.send(Err(AppendError::Unavailable(
+                    "the log moved on in another process; retry".into(),
+                )));
+            }
+            return None;
         }
         let log = self.config.name.clone();
         let frontier = self.sequencer.frontier_nodes();
@@ -1017,7 +1150,7 @@ impl Worker {
                         .reply
                         .send(Err(AppendError::Unavailable("no checkpoint yet".into())));
                 }
-                return;
+                return None;
             };
             let size = self.sequencer.size();
             let proofs = prove(size, size, &sequencer::NodeMap::default());
@@ -1039,7 +1172,7 @@ impl Worker {
                             .reply
                             .send(Err(AppendError::Unavailable(format!("signing: {e}"))));
                     }
-                    return;
+                    return None;
                 }
             };
             batch.checkpoint = signed.clone();
@@ -1050,7 +1183,10 @@ impl Worker {
             let store = &self.store;
             let (written, proofs) = if batch.entries.len() >= OVERLAP_PROOFS_FROM {
                 std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| store.append(&log, &batch));
+                    let writer = scope.spawn(|| match lock {
+                        Some(l) => l.append(&batch),
+                        None => store.append(&log, &batch),
+                    });
                     let proofs = prove(batch.first_seq, cp.size, &new_nodes);
                     let written = writer.join().unwrap_or_else(|_| {
                         Err(StoreError::Index(
@@ -1060,14 +1196,20 @@ impl Worker {
                     (written, proofs)
                 })
             } else {
-                let written = store.append(&log, &batch);
+                let written = match lock {
+                    Some(l) => l.append(&batch),
+                    None => store.append(&log, &batch),
+                };
                 (written, prove(batch.first_seq, cp.size, &new_nodes))
             };
             if let Err(e) = written {
+                if retry && matches!(e, StoreError::HeadMoved { .. }) {
+                    return Some(pending);
+                }
                 for p in pending {
                     let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
                 }
-                return;
+                return None;
             }
             let ts = batch.entries[0].entry.timestamp_unix_nanos;
             let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
@@ -1096,7 +1238,7 @@ impl Worker {
                         "building proofs: {e}"
                     ))));
                 }
-                return;
+                return None;
             }
         };
         for p in pending {
@@ -1128,5 +1270,6 @@ impl Worker {
         if self.sequencer.segment_len() >= self.config.seal_max_entries {
             self.seal(SealReason::Size).ok();
         }
+        None
     }
 }

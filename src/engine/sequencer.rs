@@ -111,6 +111,14 @@ impl Sequencer {
         }
     }
 
+    /// True when `head` is the state this sequencer extends (no other
+    /// process appended or sealed since).
+    pub fn is_at(&self, head: &LogHead) -> bool {
+        self.size == head.size
+            && self.segment == head.segment.index
+            && self.prev_seal == head.prev_seal
+    }
+
     /// Number of entries.
     pub fn size(&self) -> u64 {
         self.size

@@ -10,6 +10,7 @@
 
 pub mod embedded;
 pub mod index;
+pub mod postgres;
 pub mod postings;
 pub mod segment;
 
@@ -164,6 +165,9 @@ pub enum StoreError {
     /// Index database failure.
     #[error("index: {0}")]
     Index(String),
+    /// PostgreSQL failure (connection, query, migration).
+    #[error("database: {0}")]
+    Database(String),
     /// File system failure.
     #[error("{context}: {source}")]
     Io {
@@ -195,6 +199,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Names of the logs the store holds.
     fn logs(&self) -> Vec<String>;
+
+    /// True when other processes may append to the same logs (a shared
+    /// database): the engine then sequences each batch under
+    /// [`Store::lock_head`].
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// For a shared store: the latest durable checkpoint and its size,
+    /// whichever process signed it. `None` for a store only this process
+    /// writes (the engine knows its own head).
+    ///
+    /// # Errors
+    /// Unknown log, database failure.
+    fn latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let _ = log;
+        Ok(None)
+    }
+
+    /// For a shared store: locks the log's head against every other
+    /// process until the returned lock appends or seals (and releases), or
+    /// is dropped; the head it holds is the durable one. `None` for a store
+    /// only this process writes (its head is the engine's own).
+    ///
+    /// # Errors
+    /// Unknown log, database failure.
+    fn lock_head(&self, log: &str) -> Result<Option<Box<dyn HeadLock + '_>>, StoreError> {
+        let _ = log;
+        Ok(None)
+    }
 
     /// Writes a batch durably (entries, then its checkpoint) and indexes it.
     ///
@@ -290,6 +324,25 @@ pub trait Store: Send + Sync + 'static {
         seqs: &[u64],
         state: PayloadState,
     ) -> Result<Removal, StoreError>;
+}
+
+/// A log's head, locked in a shared store (see [`Store::lock_head`]).
+pub trait HeadLock: Send {
+    /// The durable head, as read under the lock.
+    fn head(&self) -> &LogHead;
+
+    /// Writes `batch` (which must start at the head) durably and releases
+    /// the lock.
+    ///
+    /// # Errors
+    /// As [`Store::append`].
+    fn append(self: Box<Self>, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Writes a seal of the open segment durably and releases the lock.
+    ///
+    /// # Errors
+    /// As [`Store::seal`].
+    fn seal(self: Box<Self>, seal: &Seal, signed: &str) -> Result<(), StoreError>;
 }
 
 /// Crash-test hook: when `AUDITLOG_FAILPOINT` names this step, the process

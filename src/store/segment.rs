@@ -85,7 +85,8 @@ pub enum PayloadState {
 }
 
 impl PayloadState {
-    fn from_u8(b: u8) -> Option<PayloadState> {
+    /// The state stored as byte `b` (FORMAT §8.1).
+    pub fn from_u8(b: u8) -> Option<PayloadState> {
         Some(match b {
             0 => PayloadState::Present,
             1 => PayloadState::Erased,

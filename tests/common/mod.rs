@@ -1,6 +1,7 @@
 //! Shared fixtures of the integration tests.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod server;
 
 use std::path::{Path, PathBuf};

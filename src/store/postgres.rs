@@ -1,0 +1,1142 @@
+//! The PostgreSQL store: several stateless `auditlog` servers on one
+//! database (FORMAT.md §12).
+//!
+//! Owns: the schema and its forward-only migrations (`auditlog_schema`
+//! records the version), and the [`Store`] implementation over it with
+//! `tokio-postgres` and a `deadpool` connection pool, driven from the
+//! engine's threads through the store's own small runtime.
+//!
+//! Invariants:
+//! - One sequencer per log, enforced by the database: an append or a seal
+//!   locks the log's head row (`SELECT ... FOR UPDATE`) and goes ahead only
+//!   if the head is where the batch starts ([`StoreError::HeadMoved`]
+//!   otherwise), all in one transaction, so the chain never forks, seqs stay
+//!   dense, and a process dying mid-batch leaves nothing of it.
+//! - An acknowledged batch is committed with `synchronous_commit = on`
+//!   (forced per transaction, whatever the server default).
+//! - Rows are checked on the way out as segment records are: an entry's
+//!   leaf hash must be the hash of its stored encoding and a present
+//!   payload must match its commitment, or the read fails as corruption;
+//!   the indexed columns (subject, actor, key, time) are derived and every
+//!   candidate they give is checked against the decoded entry.
+//! - Migrations run under an advisory lock, each in its own transaction
+//!   with the version row it sets; a database newer than the code is
+//!   refused.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::{Mutex, RwLock};
+
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{
+    Batch, LogHead, LogSpec, OpenSegment, PayloadState, Removal, SegmentInfo, Store, StoreError,
+    StoredEntry,
+};
+use crate::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
+use crate::core::hash::{Blake3, Hash};
+use crate::core::merkle::{CompactRange, NodeId, NodeReadError};
+use crate::core::seal::Seal;
+
+/// The schema version this code writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Each migration takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 1] = [r"
+CREATE TABLE auditlog_logs (
+    name text PRIMARY KEY,
+    origin text NOT NULL,
+    size bigint NOT NULL,
+    prev_leaf bytea NOT NULL,
+    last_timestamp bigint NOT NULL,
+    frontier bytea NOT NULL,
+    segment bigint NOT NULL,
+    segment_first_seq bigint NOT NULL,
+    segment_span_from bigint NOT NULL,
+    segment_frontier bytea NOT NULL,
+    segment_first_timestamp bigint,
+    prev_seal bytea NOT NULL,
+    latest_checkpoint text
+);
+CREATE TABLE auditlog_entries (
+    log text NOT NULL,
+    seq bigint NOT NULL,
+    encoding bytea NOT NULL,
+    leaf_hash bytea NOT NULL,
+    payload_state smallint NOT NULL,
+    salt bytea,
+    payload bytea,
+    subject text NOT NULL,
+    actor text NOT NULL,
+    idempotency_key text,
+    timestamp_unix_nanos bigint NOT NULL,
+    segment bigint NOT NULL,
+    PRIMARY KEY (log, seq)
+);
+CREATE INDEX auditlog_entries_subject ON auditlog_entries (log, subject, seq);
+CREATE INDEX auditlog_entries_actor ON auditlog_entries (log, actor, seq);
+CREATE INDEX auditlog_entries_key ON auditlog_entries (log, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX auditlog_entries_time ON auditlog_entries (log, timestamp_unix_nanos, seq);
+CREATE TABLE auditlog_nodes (
+    log text NOT NULL,
+    level smallint NOT NULL,
+    index bigint NOT NULL,
+    hash bytea NOT NULL,
+    PRIMARY KEY (log, level, index)
+);
+CREATE TABLE auditlog_checkpoints (
+    log text NOT NULL,
+    size bigint NOT NULL,
+    note text NOT NULL,
+    PRIMARY KEY (log, size)
+);
+CREATE TABLE auditlog_segments (
+    log text NOT NULL,
+    segment bigint NOT NULL,
+    first_seq bigint NOT NULL,
+    span_from bigint NOT NULL,
+    end_seq bigint,
+    seal text,
+    PRIMARY KEY (log, segment)
+);
+"];
+
+/// Key of the advisory lock migrations hold ("auditlog" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6175_6469_746c_6f67;
+
+/// Most tree nodes kept in memory (they never change once written).
+const NODE_CACHE: usize = 1 << 20;
+
+/// A PostgreSQL database holding logs.
+pub struct PgStore {
+    /// Always `Some` until dropped (taken to shut it down without blocking,
+    /// which is allowed even inside another runtime).
+    rt: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    origins: RwLock<HashMap<String, String>>,
+    nodes: Mutex<HashMap<(String, NodeId), Hash>>,
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn hashes_of(bytes: &[u8]) -> Result<Vec<Hash>, StoreError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(StoreError::Database(
+            "stored frontier is not a whole number of hashes".into(),
+        ));
+    }
+    Ok(bytes
+        .chunks(32)
+        .map(|c| Hash(c.try_into().expect("32 bytes")))
+        .collect())
+}
+
+fn bytes_of(hashes: &[Hash]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.0).collect()
+}
+
+fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Hash)
+        .map_err(|_| StoreError::Database("stored hash is not 32 bytes".into()))
+}
+
+fn seq_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn seq_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Applies the migrations above the database's version up to `target`,
+/// under the advisory lock, in one transaction. Returns (version before,
+/// version after).
+async fn migrate_client(
+    client: &mut tokio_postgres::Client,
+    target: i32,
+) -> Result<(i32, i32), StoreError> {
+    let tx = client.transaction().await.map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS auditlog_schema (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .map_err(db)?;
+    let from: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM auditlog_schema", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    if from > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "the database schema is version {from}, newer than this auditlog's \
+             ({SCHEMA_VERSION}): upgrade auditlog"
+        )));
+    }
+    let to = target.max(from);
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(to as usize)
+        .skip(from as usize)
+    {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql).await.map_err(|e| {
+            StoreError::Database(format!("migration to schema version {version}: {e}"))
+        })?;
+        tx.execute(
+            "INSERT INTO auditlog_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok((from, to))
+}
+
+/// Migrates the database at `url` to [`SCHEMA_VERSION`] (what `auditlog
+/// migrate` runs): (version before, version after).
+///
+/// # Errors
+/// Connection failure, a failed migration, a database newer than the code.
+pub fn migrate(url: &str) -> Result<(i32, i32), StoreError> {
+    migrate_to(url, SCHEMA_VERSION)
+}
+
+/// Migrates to exactly version `target` (tests of upgrades from every
+/// earlier version).
+///
+/// # Errors
+/// As [`migrate`].
+#[doc(hidden)]
+pub fn migrate_to(url: &str, target: i32) -> Result<(i32, i32), StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Io {
+            context: "start the PostgreSQL runtime".into(),
+            source: e,
+        })?;
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let (mut client, conn) = tokio_postgres::connect(&url, NoTls).await.map_err(db)?;
+            let driver = tokio::spawn(conn);
+            let out = migrate_client(&mut client, target.min(SCHEMA_VERSION)).await;
+            drop(client);
+            let _ = driver.await;
+            out
+        })
+    })
+    .join()
+    .map_err(|_| StoreError::Database("migration thread panicked".into()))?
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://` URL or key=value
+    /// string), migrating its schema first.
+    ///
+    /// # Errors
+    /// Bad URL, connection or migration failure.
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        migrate(url)?;
+        let config: tokio_postgres::Config = url.parse().map_err(db)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                context: "start the PostgreSQL runtime".into(),
+                source: e,
+            })?;
+        let pool = {
+            let _guard = rt.enter();
+            Pool::builder(manager)
+                .max_size(32)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(db)?
+        };
+        Ok(PgStore {
+            rt: Some(rt),
+            pool,
+            origins: RwLock::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, from any thread
+    /// (an engine thread, a blocking-pool thread, or start-up code inside
+    /// another runtime).
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt
+            .as_ref()
+            .expect("runtime until drop")
+            .spawn(async move {
+                let _ = tx.send(f.await);
+            });
+        rx.recv()
+            .map_err(|_| StoreError::Database("the PostgreSQL runtime stopped".into()))?
+    }
+
+    fn known(&self, log: &str) -> Result<(), StoreError> {
+        if self.origins.read().expect("origins lock").contains_key(log) {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownLog(log.to_owned()))
+        }
+    }
+
+    /// The durable head of `log`, its row locked until the transaction
+    /// ends.
+    async fn locked_head<C: GenericClient + Sync>(
+        client: &C,
+        log: &str,
+    ) -> Result<LogHead, StoreError> {
+        Self::head_query(client, log, " FOR UPDATE")
+            .await?
+            .ok_or_else(|| StoreError::UnknownLog(log.to_owned()))
+    }
+
+    /// The durable head of `log` as the database holds it now.
+    async fn head<C: GenericClient + Sync>(
+        client: &C,
+        log: &str,
+    ) -> Result<Option<LogHead>, StoreError> {
+        Self::head_query(client, log, "").await
+    }
+
+    async fn head_query<C: GenericClient + Sync>(
+        client: &C,
+        log: &str,
+        lock: &str,
+    ) -> Result<Option<LogHead>, StoreError> {
+        let sql = format!(
+            "SELECT size, prev_leaf, last_timestamp, frontier, segment, segment_first_seq, \
+             segment_span_from, segment_frontier, segment_first_timestamp, prev_seal, \
+             latest_checkpoint FROM auditlog_logs WHERE name = $1{lock}"
+        );
+        let Some(r) = client.query_opt(&sql, &[&log]).await.map_err(db)? else {
+            return Ok(None);
+        };
+        Ok(Some(LogHead {
+            size: seq_u64(r.get(0)),
+            prev_leaf: hash_of(r.get(1))?,
+            last_timestamp: r.get(2),
+            frontier: hashes_of(r.get(3))?,
+            segment: OpenSegment {
+                index: seq_u64(r.get(4)),
+                first_seq: seq_u64(r.get(5)),
+                span_from: r.get(6),
+                frontier: hashes_of(r.get(7))?,
+                first_timestamp: r.get(8),
+            },
+            prev_seal: hash_of(r.get(9))?,
+            latest_checkpoint: r.get(10),
+        }))
+    }
+
+    fn client_error(e: deadpool_postgres::PoolError) -> StoreError {
+        StoreError::Database(format!("no database connection: {e}"))
+    }
+
+    /// Reads and checks one entry row.
+    fn stored(
+        log: &str,
+        seq: u64,
+        encoding: Vec<u8>,
+        leaf: &[u8],
+        state: i16,
+        salt: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    ) -> Result<StoredEntry, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            log: log.to_owned(),
+            location: format!("table auditlog_entries, seq {seq}"),
+            reason,
+        };
+        let leaf_hash = hash_of(leaf)?;
+        if leaf_hash_of_encoding(&encoding) != leaf_hash {
+            return Err(corrupt("leaf hash mismatch".into()));
+        }
+        let entry = Entry::decode(&encoding).map_err(|e| corrupt(e.to_string()))?;
+        if entry.seq != seq {
+            return Err(corrupt(format!(
+                "row of seq {seq} holds entry {}",
+                entry.seq
+            )));
+        }
+        let state = u8::try_from(state)
+            .ok()
+            .and_then(PayloadState::from_u8)
+            .ok_or_else(|| corrupt(format!("unknown payload state {state}")))?;
+        let (salt, payload) = match state {
+            PayloadState::Present => {
+                let salt: Salt = salt
+                    .as_deref()
+                    .and_then(|s| <[u8; 32]>::try_from(s).ok().map(Salt))
+                    .ok_or_else(|| corrupt("present payload without a 32-byte salt".into()))?;
+                let payload = payload.unwrap_or_default();
+                if payload.len() as u64 != entry.payload_len
+                    || commit_payload(&salt, &payload) != entry.payload_commitment
+                {
+                    return Err(corrupt("payload does not match its commitment".into()));
+                }
+                (Some(salt), payload)
+            }
+            _ => {
+                if salt.is_some() || payload.as_ref().is_some_and(|p| !p.is_empty()) {
+                    return Err(corrupt("removed payload still has bytes".into()));
+                }
+                (None, Vec::new())
+            }
+        };
+        Ok(StoredEntry {
+            entry,
+            encoding,
+            leaf_hash,
+            state,
+            salt,
+            payload,
+        })
+    }
+}
+
+/// Writes `batch` on a connection inside a transaction that holds the
+/// log's head row (`head` as read under the lock).
+async fn write_batch<C: GenericClient + Sync>(
+    tx: &C,
+    log: &str,
+    head: &LogHead,
+    batch: &Batch,
+) -> Result<(), StoreError> {
+    let size = head.size;
+    if size != batch.first_seq {
+        return Err(StoreError::HeadMoved {
+            log: log.to_owned(),
+            expected: batch.first_seq,
+            actual: size,
+        });
+    }
+    let segment = seq_i64(head.segment.index);
+    let mut tree = CompactRange::<Blake3>::from_parts(size, head.frontier.clone())
+        .ok_or_else(|| StoreError::Database("stored frontier does not fit the size".into()))?;
+    let mut seg_tree = CompactRange::<Blake3>::from_parts(
+        size - head.segment.first_seq,
+        head.segment.frontier.clone(),
+    )
+    .ok_or_else(|| StoreError::Database("stored segment frontier does not fit the size".into()))?;
+    let n = batch.entries.len();
+    let mut seqs = Vec::with_capacity(n);
+    let mut encodings = Vec::with_capacity(n);
+    let mut leaves = Vec::with_capacity(n);
+    let mut salts = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut subjects = Vec::with_capacity(n);
+    let mut actors = Vec::with_capacity(n);
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for e in &batch.entries {
+        seqs.push(seq_i64(e.entry.seq));
+        encodings.push(e.encoding.as_slice());
+        leaves.push(e.leaf_hash.0.as_slice());
+        salts.push(e.salt.0.as_slice());
+        payloads.push(e.payload.as_slice());
+        subjects.push(e.entry.subject.as_str());
+        actors.push(e.entry.actor.as_str());
+        keys.push(Some(e.entry.idempotency_key.as_str()).filter(|k| !k.is_empty()));
+        times.push(e.entry.timestamp_unix_nanos);
+        tree.append(e.leaf_hash, |_, _| {});
+        seg_tree.append(e.leaf_hash, |_, _| {});
+    }
+    tx.execute(
+        "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, payload_state, salt, \
+         payload, subject, actor, idempotency_key, timestamp_unix_nanos, segment) \
+         SELECT $1, s, enc, leaf, 0, salt, payload, subject, actor, key, ts, $11 \
+         FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
+         $7::text[], $8::text[], $9::text[], $10::bigint[]) \
+         AS t(s, enc, leaf, salt, payload, subject, actor, key, ts)",
+        &[
+            &log, &seqs, &encodings, &leaves, &salts, &payloads, &subjects, &actors, &keys, &times,
+            &segment,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    if !batch.nodes.is_empty() {
+        let levels: Vec<i16> = batch
+            .nodes
+            .iter()
+            .map(|(id, _)| i16::from(id.level))
+            .collect();
+        let indexes: Vec<i64> = batch
+            .nodes
+            .iter()
+            .map(|(id, _)| seq_i64(id.index))
+            .collect();
+        let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, h)| h.0.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO auditlog_nodes (log, level, index, hash) \
+             SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) \
+             AS t(l, i, h)",
+            &[&log, &levels, &indexes, &hashes],
+        )
+        .await
+        .map_err(db)?;
+    }
+    let end = seq_i64(batch.first_seq + n as u64);
+    tx.execute(
+        "INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)",
+        &[&log, &end, &batch.checkpoint],
+    )
+    .await
+    .map_err(db)?;
+    let last = batch.entries.last().expect("non-empty batch");
+    let first_ts = head
+        .segment
+        .first_timestamp
+        .or(Some(batch.entries[0].entry.timestamp_unix_nanos));
+    tx.execute(
+        "UPDATE auditlog_logs SET size = $2, prev_leaf = $3, last_timestamp = $4, \
+         frontier = $5, segment_frontier = $6, segment_first_timestamp = $7, \
+         latest_checkpoint = $8 WHERE name = $1",
+        &[
+            &log,
+            &end,
+            &last.leaf_hash.0.as_slice(),
+            &last.entry.timestamp_unix_nanos,
+            &bytes_of(tree.hashes()),
+            &bytes_of(seg_tree.hashes()),
+            &first_ts,
+            &batch.checkpoint,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Writes a seal on a connection inside a transaction that holds the log's
+/// head row.
+async fn write_seal<C: GenericClient + Sync>(
+    tx: &C,
+    log: &str,
+    head: &LogHead,
+    seal: &Seal,
+    signed: &str,
+) -> Result<(), StoreError> {
+    if seal.end_seq != head.size {
+        return Err(StoreError::HeadMoved {
+            log: log.to_owned(),
+            expected: seal.end_seq,
+            actual: head.size,
+        });
+    }
+    if seal.segment != head.segment.index || seal.first_seq != head.segment.first_seq {
+        return Err(StoreError::Index(format!(
+            "seal of segment {} [{}, {}) does not close the open segment {} [{}, {})",
+            seal.segment,
+            seal.first_seq,
+            seal.end_seq,
+            head.segment.index,
+            head.segment.first_seq,
+            head.size
+        )));
+    }
+    let (seg, end, next) = (
+        seq_i64(seal.segment),
+        seq_i64(seal.end_seq),
+        seq_i64(seal.segment + 1),
+    );
+    tx.execute(
+        "UPDATE auditlog_segments SET end_seq = $3, seal = $4 WHERE log = $1 AND segment = $2",
+        &[&log, &seg, &end, &signed],
+    )
+    .await
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO auditlog_segments (log, segment, first_seq, span_from) \
+         VALUES ($1, $2, $3, $4)",
+        &[&log, &next, &end, &seal.span_to],
+    )
+    .await
+    .map_err(db)?;
+    tx.execute(
+        "UPDATE auditlog_logs SET segment = $2, segment_first_seq = $3, \
+         segment_span_from = $4, segment_frontier = '', segment_first_timestamp = NULL, \
+         prev_seal = $5, last_timestamp = $6 WHERE name = $1",
+        &[
+            &log,
+            &next,
+            &end,
+            &seal.span_to,
+            &seal.hash().0.as_slice(),
+            &head.last_timestamp.max(seal.span_to),
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The head row of a log, locked by an open transaction on one pooled
+/// connection until [`HeadLock::append`] or [`HeadLock::seal`] commits, or
+/// the lock is dropped (rolled back).
+struct PgHeadLock<'a> {
+    store: &'a PgStore,
+    log: String,
+    client: Option<deadpool_postgres::Object>,
+    head: LogHead,
+}
+
+impl PgHeadLock<'_> {
+    fn finish<F, Fut>(mut self: Box<Self>, write: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(deadpool_postgres::Object, String, LogHead) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), StoreError>> + Send + 'static,
+    {
+        let client = self.client.take().expect("open until finished");
+        let (log, head) = (self.log.clone(), self.head.clone());
+        self.store.run(write(client, log, head))
+    }
+}
+
+impl super::HeadLock for PgHeadLock<'_> {
+    fn head(&self) -> &LogHead {
+        &self.head
+    }
+
+    fn append(self: Box<Self>, batch: &Batch) -> Result<(), StoreError> {
+        let batch = batch.clone();
+        self.finish(move |client, log, head| async move {
+            let done = async {
+                write_batch(&client, &log, &head, &batch).await?;
+                client.batch_execute("COMMIT").await.map_err(db)
+            }
+            .await;
+            if done.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            done
+        })
+    }
+
+    fn seal(self: Box<Self>, seal: &Seal, signed: &str) -> Result<(), StoreError> {
+        let (seal, signed) = (seal.clone(), signed.to_owned());
+        self.finish(move |client, log, head| async move {
+            let done = async {
+                write_seal(&client, &log, &head, &seal, &signed).await?;
+                client.batch_execute("COMMIT").await.map_err(db)
+            }
+            .await;
+            if done.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            done
+        })
+    }
+}
+
+impl Drop for PgHeadLock<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Not finished: release the row (the connection goes back to
+            // the pool once it has rolled back).
+            if let Some(rt) = &self.store.rt {
+                rt.spawn(async move {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                });
+            }
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Store for PgStore {
+    fn open_log(&self, spec: &LogSpec, now: i64) -> Result<LogHead, StoreError> {
+        if !super::embedded::is_valid_log_name(&spec.name) {
+            return Err(StoreError::Database(format!(
+                "log name {:?}: log names are 1-64 characters of a-z, 0-9, '_', '-', '.'",
+                spec.name
+            )));
+        }
+        let pool = self.pool.clone();
+        let spec2 = spec.clone();
+        let head = self.run(async move {
+            let mut client = pool.get().await.map_err(Self::client_error)?;
+            let tx = client.transaction().await.map_err(db)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO auditlog_logs (name, origin, size, prev_leaf, last_timestamp, \
+                     frontier, segment, segment_first_seq, segment_span_from, segment_frontier, \
+                     prev_seal) VALUES ($1, $2, 0, $3, $4, '', 0, 0, $4, '', $3) \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&spec2.name, &spec2.origin, &Hash::ZERO.0.as_slice(), &now],
+                )
+                .await
+                .map_err(db)?;
+            if inserted == 1 {
+                tx.execute(
+                    "INSERT INTO auditlog_segments (log, segment, first_seq, span_from) \
+                     VALUES ($1, 0, 0, $2)",
+                    &[&spec2.name, &now],
+                )
+                .await
+                .map_err(db)?;
+            }
+            let origin: String = tx
+                .query_one(
+                    "SELECT origin FROM auditlog_logs WHERE name = $1",
+                    &[&spec2.name],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            if origin != spec2.origin {
+                return Err(StoreError::OriginMismatch {
+                    log: spec2.name.clone(),
+                    stored: origin,
+                    configured: spec2.origin.clone(),
+                });
+            }
+            let head = Self::head(&tx, &spec2.name)
+                .await?
+                .ok_or_else(|| StoreError::UnknownLog(spec2.name.clone()))?;
+            tx.commit().await.map_err(db)?;
+            Ok(head)
+        })?;
+        self.origins
+            .write()
+            .expect("origins lock")
+            .insert(spec.name.clone(), spec.origin.clone());
+        Ok(head)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn logs(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .origins
+            .read()
+            .expect("origins lock")
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn append(&self, log: &str, batch: &Batch) -> Result<(), StoreError> {
+        self.known(log)?;
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        let batch = batch.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(Self::client_error)?;
+            let tx = client.transaction().await.map_err(db)?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await
+                .map_err(db)?;
+            let head = Self::locked_head(&tx, &log).await?;
+            write_batch(&tx, &log, &head, &batch).await?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn seal(&self, log: &str, seal: &Seal, signed: &str) -> Result<(), StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        let seal = seal.clone();
+        let signed = signed.to_owned();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(Self::client_error)?;
+            let tx = client.transaction().await.map_err(db)?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await
+                .map_err(db)?;
+            let head = Self::locked_head(&tx, &log).await?;
+            write_seal(&tx, &log, &head, &seal, &signed).await?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let r = client
+                .query_one(
+                    "SELECT size, latest_checkpoint FROM auditlog_logs WHERE name = $1",
+                    &[&log],
+                )
+                .await
+                .map_err(db)?;
+            let cp: Option<String> = r.get(1);
+            Ok(cp.map(|c| (seq_u64(r.get(0)), c)))
+        })
+    }
+
+    fn lock_head(&self, log: &str) -> Result<Option<Box<dyn super::HeadLock + '_>>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log2 = log.to_owned();
+        let (client, head) = self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let locked = async {
+                client
+                    .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+                    .await
+                    .map_err(db)?;
+                Self::locked_head(&client, &log2).await
+            }
+            .await;
+            match locked {
+                Ok(head) => Ok((client, head)),
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        })?;
+        Ok(Some(Box::new(PgHeadLock {
+            store: self,
+            log: log.to_owned(),
+            client: Some(client),
+            head,
+        })))
+    }
+
+    fn entry(&self, log: &str, seq: u64) -> Result<Option<StoredEntry>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let Some(r) = client
+                .query_opt(
+                    "SELECT encoding, leaf_hash, payload_state, salt, payload \
+                     FROM auditlog_entries WHERE log = $1 AND seq = $2",
+                    &[&log, &seq_i64(seq)],
+                )
+                .await
+                .map_err(db)?
+            else {
+                return Ok(None);
+            };
+            Self::stored(&log, seq, r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)).map(Some)
+        })
+    }
+
+    fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError> {
+        self.known(log)?;
+        let found = self.matching(log, "idempotency_key", key, 0, 1)?;
+        Ok(found.first().copied())
+    }
+
+    fn seqs_by_subject(
+        &self,
+        log: &str,
+        subject: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.known(log)?;
+        self.matching(log, "subject", subject, from_seq, limit)
+    }
+
+    fn seqs_by_actor(
+        &self,
+        log: &str,
+        actor: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.known(log)?;
+        self.matching(log, "actor", actor, from_seq, limit)
+    }
+
+    fn seq_range_by_time(
+        &self,
+        log: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Range<u64>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let size: i64 = client
+                .query_one("SELECT size FROM auditlog_logs WHERE name = $1", &[&log])
+                .await
+                .map_err(db)?
+                .get(0);
+            let first_at = |t: i64| {
+                let client = &client;
+                let log = &log;
+                async move {
+                    let r = client
+                        .query_opt(
+                            "SELECT seq FROM auditlog_entries WHERE log = $1 AND \
+                             timestamp_unix_nanos >= $2 ORDER BY timestamp_unix_nanos, seq LIMIT 1",
+                            &[log, &t],
+                        )
+                        .await
+                        .map_err(db)?;
+                    Ok::<u64, StoreError>(seq_u64(r.map_or(size, |r| r.get(0))))
+                }
+            };
+            let from = first_at(since).await?;
+            let to = if until <= since {
+                from
+            } else {
+                first_at(until).await?
+            };
+            Ok(from..to.max(from))
+        })
+    }
+
+    fn node(&self, log: &str, id: NodeId) -> Result<Hash, NodeReadError> {
+        let key = (log.to_owned(), id);
+        if let Some(h) = self.nodes.lock().expect("node cache").get(&key) {
+            return Ok(*h);
+        }
+        let pool = self.pool.clone();
+        let log2 = log.to_owned();
+        let got = self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let row = if id.level == 0 {
+                client
+                    .query_opt(
+                        "SELECT leaf_hash FROM auditlog_entries WHERE log = $1 AND seq = $2",
+                        &[&log2, &seq_i64(id.index)],
+                    )
+                    .await
+            } else {
+                client
+                    .query_opt(
+                        "SELECT hash FROM auditlog_nodes WHERE log = $1 AND level = $2 AND index = $3",
+                        &[&log2, &i16::from(id.level), &seq_i64(id.index)],
+                    )
+                    .await
+            }
+            .map_err(db)?;
+            match row {
+                Some(r) => hash_of(r.get(0)).map(Some),
+                None => Ok(None),
+            }
+        });
+        match got {
+            Ok(Some(h)) => {
+                let mut cache = self.nodes.lock().expect("node cache");
+                if cache.len() >= NODE_CACHE {
+                    cache.clear();
+                }
+                cache.insert(key, h);
+                Ok(h)
+            }
+            Ok(None) => Err(NodeReadError {
+                id,
+                reason: "not in the database".into(),
+            }),
+            Err(e) => Err(NodeReadError {
+                id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn checkpoint_at(&self, log: &str, size: u64) -> Result<Option<String>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            Ok(client
+                .query_opt(
+                    "SELECT note FROM auditlog_checkpoints WHERE log = $1 AND size = $2",
+                    &[&log, &seq_i64(size)],
+                )
+                .await
+                .map_err(db)?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let rows = client
+                .query(
+                    "SELECT s.segment, s.first_seq, coalesce(s.end_seq, l.size), s.seal \
+                     FROM auditlog_segments s JOIN auditlog_logs l ON l.name = s.log \
+                     WHERE s.log = $1 ORDER BY s.segment",
+                    &[&log],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| SegmentInfo {
+                    index: seq_u64(r.get(0)),
+                    first_seq: seq_u64(r.get(1)),
+                    end_seq: seq_u64(r.get(2)),
+                    seal: r.get(3),
+                })
+                .collect())
+        })
+    }
+
+    fn remove_payloads(
+        &self,
+        log: &str,
+        seqs: &[u64],
+        state: PayloadState,
+    ) -> Result<Removal, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        let seqs: Vec<i64> = seqs.iter().map(|s| seq_i64(*s)).collect();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(Self::client_error)?;
+            let tx = client.transaction().await.map_err(db)?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await
+                .map_err(db)?;
+            let r = tx
+                .query_one(
+                    "SELECT size, segment_first_seq FROM auditlog_logs WHERE name = $1 FOR SHARE",
+                    &[&log],
+                )
+                .await
+                .map_err(db)?;
+            let (size, open_first): (i64, i64) = (r.get(0), r.get(1));
+            for &seq in &seqs {
+                if seq >= size {
+                    return Err(StoreError::Index(format!(
+                        "seq {seq} is beyond the log ({size} entries)"
+                    )));
+                }
+                if seq >= open_first {
+                    return Err(StoreError::Index(format!(
+                        "seq {seq} is in the open segment; seal it first"
+                    )));
+                }
+            }
+            let rows = tx
+                .query(
+                    "WITH t AS (SELECT seq, segment, \
+                       coalesce(octet_length(payload), 0) + coalesce(octet_length(salt), 0) AS n \
+                       FROM auditlog_entries WHERE log = $1 AND seq = ANY($2) AND payload_state = 0 \
+                       FOR UPDATE) \
+                     UPDATE auditlog_entries e SET payload = NULL, salt = NULL, payload_state = $3 \
+                     FROM t WHERE e.log = $1 AND e.seq = t.seq RETURNING t.segment, t.n",
+                    &[&log, &seqs, &(state as u8 as i16)],
+                )
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            let mut segments: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            segments.sort_unstable();
+            segments.dedup();
+            Ok(Removal {
+                segments: segments.len() as u64,
+                entries: rows.len() as u64,
+                bytes: rows.iter().map(|r| r.get::<_, i32>(1) as u64).sum(),
+            })
+        })
+    }
+}
+
+impl PgStore {
+    /// Seqs from `from_seq` whose indexed `column` equals `value`, each
+    /// checked against its decoded entry (the column is derived; a row
+    /// whose column disagrees with its encoding is not an answer).
+    fn matching(
+        &self,
+        log: &str,
+        column: &'static str,
+        value: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        let value = value.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let sql = format!(
+                "SELECT seq, encoding FROM auditlog_entries WHERE log = $1 AND {column} = $2 \
+                 AND seq >= $3 ORDER BY seq LIMIT $4"
+            );
+            let rows = client
+                .query(
+                    &sql,
+                    &[
+                        &log,
+                        &value,
+                        &seq_i64(from_seq),
+                        &i64::try_from(limit).unwrap_or(i64::MAX),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|r| {
+                    let seq = seq_u64(r.get(0));
+                    let e = Entry::decode(r.get::<_, &[u8]>(1)).ok()?;
+                    let field = match column {
+                        "subject" => &e.subject,
+                        "actor" => &e.actor,
+                        _ => &e.idempotency_key,
+                    };
+                    (*field == value && e.seq == seq).then_some(seq)
+                })
+                .collect())
+        })
+    }
+}

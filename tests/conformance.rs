@@ -1,0 +1,455 @@
+//! One behaviour, two stores: the same cases run against the embedded
+//! store and the PostgreSQL store (a throwaway server, skipped where
+//! PostgreSQL is not installed unless `AUDITLOG_REQUIRE_POSTGRES=1`), so
+//! any difference between them is a failing test.
+//!
+//! Each case gets a fresh store from a [`Maker`], which can also reopen it
+//! (a restart).
+
+mod common;
+
+use std::sync::Arc;
+
+use auditlog::bundle::{verify_bundle, Query};
+use auditlog::core::checkpoint::Checkpoint;
+use auditlog::core::hash::Blake3;
+use auditlog::core::merkle::{verify_consistency, verify_inclusion};
+use auditlog::core::seal::{Seal, SealReason};
+use auditlog::engine::admin::Target;
+use auditlog::engine::input::{AppendError, Limits};
+use auditlog::engine::{AppendOutcome, Engine, LogConfig};
+use auditlog::store::embedded::EmbeddedStore;
+use auditlog::store::postgres::PgStore;
+use auditlog::store::{PayloadState, Store};
+use auditlog::verify::Verdict;
+use common::pg::Pg;
+use common::{chats, input, keyed, orders, signer, ManualClock};
+
+/// Makes a fresh store for one case, and reopens it.
+trait Maker {
+    /// The store, opened again (a restart).
+    fn open(&self) -> Arc<dyn Store>;
+}
+
+struct EmbeddedMaker(tempfile::TempDir);
+
+impl Maker for EmbeddedMaker {
+    fn open(&self) -> Arc<dyn Store> {
+        Arc::new(EmbeddedStore::open(self.0.path()).unwrap())
+    }
+}
+
+struct PgMaker(String);
+
+impl Maker for PgMaker {
+    fn open(&self) -> Arc<dyn Store> {
+        Arc::new(PgStore::connect(&self.0).unwrap())
+    }
+}
+
+fn start(store: Arc<dyn Store>, logs: Vec<LogConfig>, clock: Arc<ManualClock>) -> Engine {
+    Engine::start(store, signer(), logs, Limits::default(), clock).unwrap()
+}
+
+fn open_cp(signed: &str, origin: &str) -> Checkpoint {
+    Checkpoint::open(signed, &[signer().verifier()], Some(origin))
+        .unwrap()
+        .0
+}
+
+fn check_receipts(out: &AppendOutcome, origin: &str) {
+    let cp = open_cp(&out.checkpoint, origin);
+    assert_eq!(cp.size, out.tree_size);
+    for r in &out.receipts {
+        verify_inclusion::<Blake3>(r.seq, cp.size, &r.leaf_hash, &r.inclusion_proof, &cp.root)
+            .unwrap();
+    }
+}
+
+const ORIGIN: &str = "audit.example.com/orders";
+
+fn receipts_proofs_and_restart(m: &dyn Maker) {
+    let clock = ManualClock::at(1_000);
+    let engine = Arc::new(start(m.open(), vec![orders(), chats()], clock.clone()));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|i| {
+                        let entries = (0..(i % 3 + 1))
+                            .map(|j| input(&format!("order:{t}"), &format!("p{t}-{i}-{j}")))
+                            .collect();
+                        engine.append_blocking("orders", entries).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outs: Vec<AppendOutcome> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    for o in &outs {
+        check_receipts(o, ORIGIN);
+    }
+    let mut seqs: Vec<u64> = outs
+        .iter()
+        .flat_map(|o| o.receipts.iter().map(|r| r.seq))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "dense seqs"
+    );
+    let total = seqs.len() as u64;
+
+    // Reads: every entry with a proof against the latest checkpoint, and
+    // consistency from every receipt's checkpoint.
+    let (size, latest) = engine.checkpoint("orders").unwrap().unwrap();
+    assert_eq!(size, total);
+    let cp = open_cp(&latest, ORIGIN);
+    for seq in 0..total {
+        let (stored, proof, _) = engine.entry("orders", seq, 0).unwrap();
+        assert_eq!(stored.entry.seq, seq);
+        assert_eq!(stored.state, PayloadState::Present);
+        verify_inclusion::<Blake3>(seq, cp.size, &stored.leaf_hash, &proof, &cp.root).unwrap();
+    }
+    for o in outs.iter().take(8) {
+        let old = open_cp(&o.checkpoint, ORIGIN);
+        let (proof, to_cp, to) = engine.consistency("orders", old.size, 0).unwrap();
+        let new = open_cp(&to_cp, ORIGIN);
+        assert_eq!(to, new.size);
+        verify_consistency::<Blake3>(old.size, new.size, &proof, &old.root, &new.root).unwrap();
+    }
+    // Queries.
+    let store = engine.store().clone();
+    let by_subject = store.seqs_by_subject("orders", "order:2", 0, 1000).unwrap();
+    // Thread 2 appended 1, 2, 3, 1, 2, 3, 1, 2, 3, 1 entries.
+    assert_eq!(by_subject.len(), 19);
+    assert!(by_subject.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        store
+            .seqs_by_subject("orders", "order:2", by_subject[5], 3)
+            .unwrap(),
+        by_subject[5..8]
+    );
+    assert_eq!(
+        store
+            .seqs_by_actor("orders", "buyer:42", 0, 1000)
+            .unwrap()
+            .len() as u64,
+        total
+    );
+    assert!(store
+        .seqs_by_subject("chats", "order:2", 0, 10)
+        .unwrap()
+        .is_empty());
+    drop(store);
+    engine.shutdown();
+    drop(engine);
+
+    // Restart: the same head, and appends go on from it.
+    clock.set(2_000);
+    let engine = start(m.open(), vec![orders(), chats()], clock.clone());
+    assert_eq!(
+        engine.checkpoint("orders").unwrap().unwrap(),
+        (size, latest)
+    );
+    let more = engine
+        .append_blocking("orders", vec![input("order:9", "after restart")])
+        .unwrap();
+    assert_eq!(more.receipts[0].seq, total);
+    check_receipts(&more, ORIGIN);
+    let (stored, _, _) = engine.entry("orders", total, 0).unwrap();
+    assert_eq!(
+        stored.entry.prev_leaf_hash,
+        engine.entry("orders", total - 1, 0).unwrap().0.leaf_hash
+    );
+    // Time: [1000, 2000) holds everything before the restart.
+    assert_eq!(
+        engine
+            .store()
+            .seq_range_by_time("orders", 0, 2_000)
+            .unwrap(),
+        0..total
+    );
+    assert_eq!(
+        engine
+            .store()
+            .seq_range_by_time("orders", 2_000, 3_000)
+            .unwrap(),
+        total..total + 1
+    );
+    engine.shutdown();
+}
+
+fn idempotency_and_atomicity(m: &dyn Maker) {
+    let clock = ManualClock::at(1_000);
+    let engine = start(m.open(), vec![orders()], clock.clone());
+    let first = engine
+        .append_blocking("orders", vec![keyed("order:1", "prompt", "k-1")])
+        .unwrap();
+    let again = engine
+        .append_blocking(
+            "orders",
+            vec![
+                keyed("order:1", "prompt", "k-1"),
+                keyed("order:1", "output", "k-2"),
+            ],
+        )
+        .unwrap();
+    assert!(again.receipts[0].duplicate);
+    assert_eq!(again.receipts[0].seq, first.receipts[0].seq);
+    assert_eq!(again.receipts[0].leaf_hash, first.receipts[0].leaf_hash);
+    assert!(!again.receipts[1].duplicate);
+    check_receipts(&again, ORIGIN);
+    assert!(matches!(
+        engine.append_blocking("orders", vec![keyed("order:1", "other", "k-1")]),
+        Err(AppendError::IdempotencyConflict { .. })
+    ));
+    // A batch with one bad entry appends nothing.
+    let mut bad = input("order:1", "x");
+    bad.kind = String::new();
+    let before = engine.checkpoint("orders").unwrap().unwrap().0;
+    assert!(engine
+        .append_blocking("orders", vec![input("order:1", "fine"), bad])
+        .is_err());
+    assert_eq!(engine.checkpoint("orders").unwrap().unwrap().0, before);
+    engine.shutdown();
+    drop(engine);
+    // Keys survive a restart.
+    let engine = start(m.open(), vec![orders()], clock);
+    let after = engine
+        .append_blocking("orders", vec![keyed("order:1", "output", "k-2")])
+        .unwrap();
+    assert!(after.receipts[0].duplicate);
+    assert_eq!(after.receipts[0].seq, again.receipts[1].seq);
+    engine.shutdown();
+}
+
+fn seals_and_checkpoints(m: &dyn Maker) {
+    let clock = ManualClock::at(1_000);
+    let engine = start(m.open(), vec![orders()], clock.clone());
+    let mut sizes = Vec::new();
+    for round in 0..3 {
+        for i in 0..3 {
+            let out = engine
+                .append_blocking("orders", vec![input("order:1", &format!("{round}/{i}"))])
+                .unwrap();
+            sizes.push(out.tree_size);
+        }
+        clock.set(1_000 + (round + 1) * 100);
+        engine.seal_blocking("orders", SealReason::Request).unwrap();
+    }
+    engine
+        .append_blocking("orders", vec![input("order:1", "open")])
+        .unwrap();
+    let store = engine.store().clone();
+    for size in &sizes {
+        let text = store.checkpoint_at("orders", *size).unwrap().unwrap();
+        assert_eq!(open_cp(&text, ORIGIN).size, *size);
+    }
+    let segments = store.segments("orders").unwrap();
+    assert_eq!(segments.len(), 4);
+    let mut prev: Option<Seal> = None;
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s.index, i as u64);
+        assert_eq!(s.first_seq, 3 * i as u64);
+        match &s.seal {
+            Some(text) => {
+                let (seal, _) = Seal::open(text, &[signer().verifier()]).unwrap();
+                seal.check_follows(prev.as_ref()).unwrap();
+                assert_eq!(seal.end_seq, s.end_seq);
+                prev = Some(seal);
+            }
+            None => assert_eq!((i, s.end_seq), (3, 10)),
+        }
+    }
+    drop(store);
+    engine.shutdown();
+    drop(engine);
+    // After a restart the open segment is the same and seals go on chaining.
+    let engine = start(m.open(), vec![orders()], clock.clone());
+    clock.set(2_000);
+    engine.seal_blocking("orders", SealReason::Request).unwrap();
+    let segments = engine.store().segments("orders").unwrap();
+    let (last, _) = Seal::open(segments[3].seal.as_ref().unwrap(), &[signer().verifier()]).unwrap();
+    last.check_follows(prev.as_ref()).unwrap();
+    assert_eq!((last.first_seq, last.end_seq), (9, 10));
+    engine.shutdown();
+}
+
+fn erasure_holds_and_evidence(m: &dyn Maker) {
+    let clock = ManualClock::at(1_000);
+    let engine = start(m.open(), vec![orders()], clock.clone());
+    for i in 0..4 {
+        engine
+            .append_blocking(
+                "orders",
+                vec![input(&format!("order:{}", i % 2), &format!("payload {i}"))],
+            )
+            .unwrap();
+    }
+    engine.seal_blocking("orders", SealReason::Request).unwrap();
+    engine
+        .append_blocking("orders", vec![input("order:0", "in the open segment")])
+        .unwrap();
+    let hold = engine
+        .place_hold(Some("orders"), Some("order:1"), "case-1", "dispute", "test")
+        .unwrap();
+    let erased = engine
+        .erase(Some("orders"), &Target::Subject("order:1".into()), "test")
+        .unwrap();
+    assert_eq!(erased[0].erased, 0, "held");
+    engine.release_hold(&hold.id, "closed", "test").unwrap();
+    let erased = engine
+        .erase(Some("orders"), &Target::Subject("order:1".into()), "test")
+        .unwrap();
+    assert_eq!(erased[0].erased, 2);
+    let (gone, proof, cp) = engine.entry("orders", 1, 0).unwrap();
+    assert_eq!(gone.state, PayloadState::Erased);
+    assert!(gone.payload.is_empty() && gone.salt.is_none());
+    let cp = open_cp(&cp, ORIGIN);
+    verify_inclusion::<Blake3>(1, cp.size, &gone.leaf_hash, &proof, &cp.root).unwrap();
+    assert_eq!(
+        engine.entry("orders", 0, 0).unwrap().0.state,
+        PayloadState::Present
+    );
+
+    let mut out = Vec::new();
+    engine
+        .export(
+            "orders",
+            Query::SeqRange {
+                from_seq: 0,
+                to_seq: 5,
+            },
+            None,
+            &mut out,
+        )
+        .unwrap();
+    let (report, summary) = verify_bundle(out.as_slice(), &[signer().verifier()], None);
+    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_eq!(summary.entries, 5);
+    assert_eq!(report.seals_checked, 1);
+    assert_eq!(
+        report
+            .findings
+            .iter()
+            .filter(|f| f.verdict == Verdict::Erased)
+            .count(),
+        2
+    );
+    // The open segment's payloads cannot be removed.
+    assert!(engine
+        .store()
+        .remove_payloads("orders", &[4], PayloadState::Erased)
+        .is_err());
+    engine.shutdown();
+}
+
+type Case = (&'static str, fn(&dyn Maker));
+
+const CASES: [Case; 4] = [
+    ("receipts_proofs_and_restart", receipts_proofs_and_restart),
+    ("idempotency_and_atomicity", idempotency_and_atomicity),
+    ("seals_and_checkpoints", seals_and_checkpoints),
+    ("erasure_holds_and_evidence", erasure_holds_and_evidence),
+];
+
+#[test]
+fn the_embedded_store_conforms() {
+    for (name, case) in CASES {
+        eprintln!("embedded: {name}");
+        case(&EmbeddedMaker(tempfile::tempdir().unwrap()));
+    }
+}
+
+#[test]
+fn the_postgres_store_conforms() {
+    let Some(pg) = Pg::start("the_postgres_store_conforms") else {
+        return;
+    };
+    for (i, (name, case)) in CASES.into_iter().enumerate() {
+        eprintln!("postgres: {name}");
+        let url = pg.create_db(&format!("case{i}"));
+        case(&PgMaker(url));
+    }
+}
+
+/// Two engines (as two servers would) on one database, appending
+/// concurrently, with the same idempotency keys sent to both and seals from
+/// both: one chain, dense seqs, every receipt proven, every key once.
+#[test]
+fn two_engines_on_one_database_share_one_chain() {
+    let Some(pg) = Pg::start("two_engines_on_one_database_share_one_chain") else {
+        return;
+    };
+    let url = pg.create_db("shared");
+    let m = PgMaker(url);
+    let clock = ManualClock::at(1_000);
+    let engines: Vec<Arc<Engine>> = (0..2)
+        .map(|_| Arc::new(start(m.open(), vec![orders()], clock.clone())))
+        .collect();
+    let handles: Vec<_> = (0..6)
+        .map(|t| {
+            let engine = engines[t % 2].clone();
+            std::thread::spawn(move || {
+                let mut outs = Vec::new();
+                for i in 0..30 {
+                    // Threads t and t+1 share keys: each key is sent to
+                    // both engines.
+                    let key = format!("k-{}-{i}", t / 2);
+                    let e = keyed(
+                        &format!("order:{}", t / 2),
+                        &format!("p-{}-{i}", t / 2),
+                        &key,
+                    );
+                    outs.push(engine.append_blocking("orders", vec![e]).unwrap());
+                    if i % 10 == 9 {
+                        let _ = engine.seal_blocking("orders", SealReason::Request);
+                    }
+                }
+                outs
+            })
+        })
+        .collect();
+    let outs: Vec<AppendOutcome> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    for o in &outs {
+        check_receipts(o, ORIGIN);
+    }
+    let mut fresh: Vec<u64> = outs
+        .iter()
+        .flat_map(|o| o.receipts.iter().filter(|r| !r.duplicate).map(|r| r.seq))
+        .collect();
+    fresh.sort_unstable();
+    // 3 key groups x 30 keys, each appended once whichever engine won.
+    assert_eq!(fresh, (0..90).collect::<Vec<_>>());
+    for e in &engines {
+        e.shutdown();
+    }
+    drop(engines);
+    // The chain, read back through a third connection: links and seals.
+    let engine = start(m.open(), vec![orders()], clock);
+    let mut prev = auditlog::core::Hash::ZERO;
+    for seq in 0..90 {
+        let (stored, _, _) = engine.entry("orders", seq, 0).unwrap();
+        assert_eq!(stored.entry.prev_leaf_hash, prev, "seq {seq}");
+        prev = stored.leaf_hash;
+    }
+    let mut last: Option<Seal> = None;
+    for s in engine.store().segments("orders").unwrap() {
+        if let Some(text) = s.seal {
+            let (seal, _) = Seal::open(&text, &[signer().verifier()]).unwrap();
+            seal.check_follows(last.as_ref()).unwrap();
+            last = Some(seal);
+        }
+    }
+    assert!(last.is_some());
+    engine.shutdown();
+}

@@ -1,0 +1,275 @@
+//! The PostgreSQL store as operators run it: `auditlog migrate`, schema
+//! upgrades from every earlier version, and several `auditlog serve`
+//! processes on one database with one of them killed mid-load.
+//!
+//! Each test starts its own throwaway PostgreSQL (see `common/pg.rs`), or
+//! says it is skipped when PostgreSQL is not installed (a failure with
+//! `AUDITLOG_REQUIRE_POSTGRES=1`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use auditlog::bundle::verify_bundle;
+use auditlog::core::checkpoint::Checkpoint;
+use auditlog::core::hash::{Blake3, Hash};
+use auditlog::core::merkle::{proof_from_bytes, verify_inclusion};
+use auditlog::proto::export_request::Selector;
+use auditlog::proto::{AppendRequest, EntryInput, ExportRequest, GetEntryRequest, SeqRange};
+use auditlog::store::postgres::{migrate, migrate_to, SCHEMA_VERSION};
+use common::pg::Pg;
+use common::server::{start_with, Server};
+
+fn auditlog(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlog"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The schema as the catalog describes it: tables, columns, types,
+/// nullability and indexes, for comparing databases.
+fn schema(pg: &Pg, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT table_name || '.' || column_name || ':' || data_type || ':' || is_nullable \
+         FROM information_schema.columns WHERE table_schema = 'public' \
+         AND table_name LIKE 'auditlog%' AND table_name <> 'auditlog_schema' \
+         ORDER BY 1; \
+         SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' \
+         AND tablename LIKE 'auditlog%' ORDER BY 1",
+    )
+}
+
+#[test]
+fn migrations_go_forward_from_every_earlier_version() {
+    let Some(pg) = Pg::start("migrations_go_forward_from_every_earlier_version") else {
+        return;
+    };
+    // The command: a fresh database goes to the latest version, then stays.
+    let url = pg.create_db("cli");
+    let (code, out, err) = auditlog(&["migrate", "--store", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("schema version 0 -> {SCHEMA_VERSION}"));
+    let (code, out, _) = auditlog(&["migrate", "--store", &url]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("schema version {SCHEMA_VERSION}: up to date")
+    );
+    let fresh = schema(&pg, "cli");
+    assert!(
+        fresh.contains("auditlog_entries.payload:bytea:YES"),
+        "{fresh}"
+    );
+
+    // From every earlier version (0 = an empty database) to the latest:
+    // the same schema as a fresh one.
+    for from in 0..SCHEMA_VERSION {
+        let db = format!("from{from}");
+        let url = pg.create_db(&db);
+        assert_eq!(migrate_to(&url, from).unwrap(), (0, from));
+        assert_eq!(migrate(&url).unwrap(), (from, SCHEMA_VERSION));
+        assert_eq!(schema(&pg, &db), fresh, "upgraded from version {from}");
+    }
+
+    // A database newer than this code is refused, not touched.
+    pg.psql("cli", "INSERT INTO auditlog_schema (version) VALUES (999)");
+    let (code, _, err) = auditlog(&["migrate", "--store", &url]);
+    assert_eq!(code, 2);
+    assert!(err.contains("newer than this auditlog"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_shared_database_without_a_shared_key() {
+    let Some(pg) = Pg::start("serve_refuses_a_shared_database_without_a_shared_key") else {
+        return;
+    };
+    let url = pg.create_db("nokey");
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlog"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sign with one key"), "{err}");
+}
+
+fn entry(subject: &str, payload: String) -> EntryInput {
+    EntryInput {
+        subject: subject.into(),
+        actor: "buyer:1".into(),
+        kind: "prompt".into(),
+        content_type: "text/plain".into(),
+        payload: payload.into_bytes(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_on_one_database_one_killed_mid_load() {
+    let Some(pg) = Pg::start("three_servers_on_one_database_one_killed_mid_load") else {
+        return;
+    };
+    let url = pg.create_db("shared");
+    let keys = tempfile::tempdir().unwrap();
+    let (code, _, err) = auditlog(&[
+        "keygen",
+        "--name",
+        "audit.example.com",
+        "--out",
+        keys.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let key = keys.path().join("signer.key");
+    let verifier = auditlog::keys::load_verifiers(&keys.path().join("verifier.pub")).unwrap();
+    let servers: Vec<Server> = (0..3)
+        .map(|_| {
+            start_with(
+                tempfile::tempdir().unwrap(),
+                None,
+                &[],
+                &["--store", &url, "--key", key.to_str().unwrap()],
+            )
+        })
+        .collect();
+
+    // Appenders on every server; the first server is killed mid-load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        for t in 0..3 {
+            let mut c = s.client().await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked: Vec<(u64, Vec<u8>, String)> = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let r = c
+                        .append(AppendRequest {
+                            log: "default".into(),
+                            entries: vec![entry(&format!("s{i}t{t}"), format!("{i}/{t}/{n}"))],
+                        })
+                        .await;
+                    match r {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            let rec = &r.receipts[0];
+                            acked.push((rec.seq, rec.leaf_hash.clone(), r.checkpoint.clone()));
+                        }
+                        // The killed server: its clients stop.
+                        Err(_) if i == 0 => break,
+                        Err(e) => panic!("server {i}: {e}"),
+                    }
+                }
+                acked
+            }));
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut servers = servers;
+    let mut killed = servers.remove(0);
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(
+        acked.len() > 50,
+        "only {} appends acknowledged",
+        acked.len()
+    );
+
+    // Every acknowledged entry is there once, with its leaf hash, and its
+    // receipt's proof holds against its checkpoint.
+    let mut c = servers[0].client().await;
+    let mut by_seq: HashMap<u64, Vec<u8>> = HashMap::new();
+    for (seq, leaf, cp) in &acked {
+        assert!(
+            by_seq.insert(*seq, leaf.clone()).is_none(),
+            "seq {seq} acknowledged twice"
+        );
+        let cp = Checkpoint::open(cp, &verifier, None).unwrap().0;
+        assert!(*seq < cp.size);
+    }
+    // Seqs are dense: the latest size holds exactly 0..size, each linking
+    // to the one before, and every acknowledged leaf is the stored one.
+    let last = c
+        .get_entry(GetEntryRequest {
+            log: "default".into(),
+            seq: 0,
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cp = Checkpoint::open(&last.checkpoint, &verifier, None)
+        .unwrap()
+        .0;
+    assert!(cp.size as usize >= acked.len());
+    let mut prev = Hash::ZERO;
+    for seq in 0..cp.size {
+        let r = c
+            .get_entry(GetEntryRequest {
+                log: "default".into(),
+                seq,
+                tree_size: cp.size,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let e = r.entry.unwrap();
+        assert_eq!(e.seq, seq);
+        assert_eq!(e.prev_leaf_hash, prev.0.to_vec(), "seq {seq} links");
+        let leaf = Hash(e.leaf_hash.clone().try_into().unwrap());
+        if let Some(acked_leaf) = by_seq.get(&seq) {
+            assert_eq!(acked_leaf, &e.leaf_hash, "seq {seq}");
+        }
+        let proof = proof_from_bytes(&r.inclusion_proof).unwrap();
+        verify_inclusion::<Blake3>(seq, cp.size, &leaf, &proof, &cp.root).unwrap();
+        prev = leaf;
+    }
+    // The whole log as one bundle verifies offline.
+    let mut stream = c
+        .export(ExportRequest {
+            log: "default".into(),
+            selector: Some(Selector::SeqRange(SeqRange {
+                from_seq: 0,
+                to_seq: cp.size,
+            })),
+            since_checkpoint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bundle = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bundle.extend_from_slice(&chunk.data);
+    }
+    let (report, _) = verify_bundle(bundle.as_slice(), &verifier, None);
+    assert!(report.is_valid(), "{:?}", report.findings);
+    for s in servers {
+        s.stop();
+    }
+}
