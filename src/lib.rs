@@ -13,6 +13,8 @@ pub mod bundle;
 pub mod config;
 pub mod core;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod rotation;
 pub mod serve;
