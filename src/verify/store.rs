@@ -25,7 +25,7 @@ use crate::core::seal::{Seal, SealError};
 use crate::core::transition::{follow, Trust};
 use crate::engine::admin::{transition_of, ROTATE_KIND, SYSTEM_LOG};
 use crate::store::embedded::is_valid_log_name;
-use crate::store::segment::{list_segments, PayloadState, Record, SegmentReader};
+use crate::store::segment::{list_segments, EntryRecord, PayloadState, Record, SegmentReader};
 
 use super::{Report, Verdict};
 
@@ -192,6 +192,18 @@ pub fn verify_log_dir(
     Ok(())
 }
 
+/// What is known of the segment being checked.
+pub(crate) struct SegState {
+    index: u64,
+    tree: CompactRange<Blake3>,
+    pending: Vec<Hash>,
+    span_from: Option<i64>,
+    first_seq: u64,
+    sealed: bool,
+    max_ts: i64,
+    saw_header: bool,
+}
+
 impl LogCheck<'_> {
     /// Verifies one segment file; returns whether it ended with a seal.
     fn segment(
@@ -203,13 +215,7 @@ impl LogCheck<'_> {
     ) -> std::io::Result<bool> {
         let log = self.log;
         let mut reader = SegmentReader::open(path)?;
-        let mut seg_tree = CompactRange::<Blake3>::new();
-        let mut seg_pending: Vec<Hash> = Vec::new();
-        let mut span_from = None;
-        let mut first_seq = self.tree.size();
-        let mut sealed = false;
-        let mut max_ts = i64::MIN;
-        let mut saw_header = false;
+        let mut seg = self.start_segment(index);
         loop {
             let next = reader.next_record()?;
             let (offset, record) = match next {
@@ -252,194 +258,246 @@ impl LogCheck<'_> {
                     }
                 }
             };
-            if sealed {
+            self.record(&mut seg, &format!("byte {offset}"), record, report);
+        }
+        Ok(self.end_segment(seg, last_file, report))
+    }
+
+    pub(crate) fn start_segment(&self, index: u64) -> SegState {
+        SegState {
+            index,
+            tree: CompactRange::new(),
+            pending: Vec::new(),
+            span_from: None,
+            first_seq: self.tree.size(),
+            sealed: false,
+            max_ts: i64::MIN,
+            saw_header: false,
+        }
+    }
+
+    /// Checks one well-framed record of segment `seg` (`at` says where it
+    /// is, for messages).
+    pub(crate) fn record(
+        &mut self,
+        seg: &mut SegState,
+        at: &str,
+        record: Record,
+        report: &mut Report,
+    ) {
+        let log = self.log;
+        let index = seg.index;
+        if seg.sealed {
+            report.add(
+                Verdict::Malformed,
+                log,
+                None,
+                Some(index),
+                "seal",
+                format!("record at {at} after the seal"),
+            );
+            return;
+        }
+        match record {
+            Record::Header(h) => {
+                if seg.saw_header {
+                    report.add(
+                        Verdict::Malformed,
+                        log,
+                        None,
+                        Some(index),
+                        "header",
+                        "second header",
+                    );
+                    return;
+                }
+                seg.saw_header = true;
+                if h.segment != index {
+                    report.add(
+                        Verdict::Malformed,
+                        log,
+                        None,
+                        Some(index),
+                        "header",
+                        format!("file of segment {index} says segment {}", h.segment),
+                    );
+                }
+                match &self.origin {
+                    None => self.origin = Some(h.origin.clone()),
+                    Some(o) if *o != h.origin => report.add(
+                        Verdict::ChainBroken,
+                        log,
+                        None,
+                        Some(index),
+                        "origin",
+                        format!("segment of origin {:?} in log of origin {o:?}", h.origin),
+                    ),
+                    Some(_) => {}
+                }
+                if h.first_seq != self.tree.size() {
+                    let v = if h.first_seq > self.tree.size() {
+                        Verdict::MissingEntry
+                    } else {
+                        Verdict::ChainBroken
+                    };
+                    report.add(
+                        v,
+                        log,
+                        Some(self.tree.size()),
+                        Some(index),
+                        "header",
+                        format!(
+                            "segment starts at seq {} but the log holds {} entries before it",
+                            h.first_seq,
+                            self.tree.size()
+                        ),
+                    );
+                }
+                if let Some(p) = &self.prev_seal {
+                    if h.span_from != p.span_to {
+                        report.add(
+                            Verdict::ChainBroken,
+                            log,
+                            None,
+                            Some(index),
+                            "span",
+                            "segment time span does not start where the previous seal's ends",
+                        );
+                    }
+                }
+                seg.first_seq = self.tree.size();
+                seg.span_from = Some(h.span_from);
+                self.last_ts = self.last_ts.max(h.span_from);
+            }
+            Record::Entry(e) => self.entry(seg, &e, report),
+            Record::Checkpoint(text) => {
+                self.commit_pending(&mut seg.tree, &mut seg.pending);
+                self.checkpoint(&text, index, report);
+            }
+            Record::Seal(text) => {
+                self.commit_pending(&mut seg.tree, &mut seg.pending);
+                seg.sealed = true;
+                self.seal(
+                    &text,
+                    index,
+                    seg.first_seq,
+                    seg.span_from,
+                    seg.max_ts,
+                    &seg.tree,
+                    report,
+                );
+            }
+        }
+    }
+
+    fn entry(&mut self, seg: &mut SegState, e: &EntryRecord, report: &mut Report) {
+        let log = self.log;
+        let index = seg.index;
+        let expected = self.tree.size() + self.pending.len() as u64;
+        let entry = match e.entry() {
+            Ok(x) => x,
+            Err(err) => {
                 report.add(
                     Verdict::Malformed,
                     log,
-                    None,
+                    Some(expected),
                     Some(index),
-                    "seal",
-                    format!("record at byte {offset} after the seal"),
+                    "entry",
+                    err.to_string(),
                 );
-                continue;
+                return;
             }
-            match record {
-                Record::Header(h) => {
-                    if saw_header {
-                        report.add(
-                            Verdict::Malformed,
-                            log,
-                            None,
-                            Some(index),
-                            "header",
-                            "second header",
-                        );
-                        continue;
-                    }
-                    saw_header = true;
-                    if h.segment != index {
-                        report.add(
-                            Verdict::Malformed,
-                            log,
-                            None,
-                            Some(index),
-                            "header",
-                            format!("file of segment {index} says segment {}", h.segment),
-                        );
-                    }
-                    match &self.origin {
-                        None => self.origin = Some(h.origin.clone()),
-                        Some(o) if *o != h.origin => report.add(
-                            Verdict::ChainBroken,
-                            log,
-                            None,
-                            Some(index),
-                            "origin",
-                            format!("segment of origin {:?} in log of origin {o:?}", h.origin),
-                        ),
-                        Some(_) => {}
-                    }
-                    if h.first_seq != self.tree.size() {
-                        let v = if h.first_seq > self.tree.size() {
-                            Verdict::MissingEntry
-                        } else {
-                            Verdict::ChainBroken
-                        };
-                        report.add(
-                            v,
-                            log,
-                            Some(self.tree.size()),
-                            Some(index),
-                            "header",
-                            format!(
-                                "segment starts at seq {} but the log holds {} entries before it",
-                                h.first_seq,
-                                self.tree.size()
-                            ),
-                        );
-                    }
-                    if let Some(p) = &self.prev_seal {
-                        if h.span_from != p.span_to {
-                            report.add(
-                                Verdict::ChainBroken,
-                                log,
-                                None,
-                                Some(index),
-                                "span",
-                                "segment time span does not start where the previous seal's ends",
-                            );
-                        }
-                    }
-                    first_seq = self.tree.size();
-                    span_from = Some(h.span_from);
-                    self.last_ts = self.last_ts.max(h.span_from);
-                }
-                Record::Entry(e) => {
-                    let expected = self.tree.size() + self.pending.len() as u64;
-                    let entry = match e.entry() {
-                        Ok(x) => x,
-                        Err(err) => {
-                            report.add(
-                                Verdict::Malformed,
-                                log,
-                                Some(expected),
-                                Some(index),
-                                "entry",
-                                err.to_string(),
-                            );
-                            continue;
-                        }
-                    };
-                    report.entries_checked += 1;
-                    if entry.seq > expected {
-                        report.add(
-                            Verdict::MissingEntry,
-                            log,
-                            Some(expected),
-                            Some(index),
-                            "seq",
-                            format!("entries {expected} to {} are missing", entry.seq - 1),
-                        );
-                    } else if entry.seq < expected {
-                        report.add(
-                            Verdict::ChainBroken,
-                            log,
-                            Some(entry.seq),
-                            Some(index),
-                            "seq",
-                            format!("entry {} found where entry {expected} belongs (reordered or repeated)", entry.seq),
-                        );
-                    } else if entry.prev_leaf_hash != self.prev_leaf {
-                        report.add(
-                            Verdict::ChainBroken,
-                            log,
-                            Some(entry.seq),
-                            Some(index),
-                            "prev_leaf_hash",
-                            "does not link to the previous entry's leaf hash",
-                        );
-                    }
-                    if let Some(o) = &self.origin {
-                        if entry.origin != *o {
-                            report.add(
-                                Verdict::ChainBroken,
-                                log,
-                                Some(entry.seq),
-                                Some(index),
-                                "origin",
-                                format!("entry of origin {:?} in log {o:?}", entry.origin),
-                            );
-                        }
-                    }
-                    if entry.timestamp_unix_nanos < self.last_ts {
-                        report.add(
-                            Verdict::ChainBroken,
-                            log,
-                            Some(entry.seq),
-                            Some(index),
-                            "timestamp",
-                            "earlier than the previous entry or the segment start",
-                        );
-                    }
-                    match e.state {
-                        PayloadState::Present => {}
-                        PayloadState::Erased => report.add(
-                            Verdict::Erased,
-                            log,
-                            Some(entry.seq),
-                            Some(index),
-                            "payload",
-                            "payload erased",
-                        ),
-                        PayloadState::Expired => report.add(
-                            Verdict::Expired,
-                            log,
-                            Some(entry.seq),
-                            Some(index),
-                            "payload",
-                            "payload expired",
-                        ),
-                    }
-                    self.last_ts = self.last_ts.max(entry.timestamp_unix_nanos);
-                    max_ts = max_ts.max(entry.timestamp_unix_nanos);
-                    self.prev_leaf = e.leaf_hash;
-                    self.pending.push((e.leaf_hash, entry.timestamp_unix_nanos));
-                    seg_pending.push(e.leaf_hash);
-                }
-                Record::Checkpoint(text) => {
-                    self.commit_pending(&mut seg_tree, &mut seg_pending);
-                    self.checkpoint(&text, index, report);
-                }
-                Record::Seal(text) => {
-                    self.commit_pending(&mut seg_tree, &mut seg_pending);
-                    sealed = true;
-                    self.seal(
-                        &text, index, first_seq, span_from, max_ts, &seg_tree, report,
-                    );
-                }
+        };
+        report.entries_checked += 1;
+        if entry.seq > expected {
+            report.add(
+                Verdict::MissingEntry,
+                log,
+                Some(expected),
+                Some(index),
+                "seq",
+                format!("entries {expected} to {} are missing", entry.seq - 1),
+            );
+        } else if entry.seq < expected {
+            report.add(
+                Verdict::ChainBroken,
+                log,
+                Some(entry.seq),
+                Some(index),
+                "seq",
+                format!(
+                    "entry {} found where entry {expected} belongs (reordered or repeated)",
+                    entry.seq
+                ),
+            );
+        } else if entry.prev_leaf_hash != self.prev_leaf {
+            report.add(
+                Verdict::ChainBroken,
+                log,
+                Some(entry.seq),
+                Some(index),
+                "prev_leaf_hash",
+                "does not link to the previous entry's leaf hash",
+            );
+        }
+        if let Some(o) = &self.origin {
+            if entry.origin != *o {
+                report.add(
+                    Verdict::ChainBroken,
+                    log,
+                    Some(entry.seq),
+                    Some(index),
+                    "origin",
+                    format!("entry of origin {:?} in log {o:?}", entry.origin),
+                );
             }
         }
-        if !saw_header {
+        if entry.timestamp_unix_nanos < self.last_ts {
+            report.add(
+                Verdict::ChainBroken,
+                log,
+                Some(entry.seq),
+                Some(index),
+                "timestamp",
+                "earlier than the previous entry or the segment start",
+            );
+        }
+        match e.state {
+            PayloadState::Present => {}
+            PayloadState::Erased => report.add(
+                Verdict::Erased,
+                log,
+                Some(entry.seq),
+                Some(index),
+                "payload",
+                "payload erased",
+            ),
+            PayloadState::Expired => report.add(
+                Verdict::Expired,
+                log,
+                Some(entry.seq),
+                Some(index),
+                "payload",
+                "payload expired",
+            ),
+        }
+        self.last_ts = self.last_ts.max(entry.timestamp_unix_nanos);
+        seg.max_ts = seg.max_ts.max(entry.timestamp_unix_nanos);
+        self.prev_leaf = e.leaf_hash;
+        self.pending.push((e.leaf_hash, entry.timestamp_unix_nanos));
+        seg.pending.push(e.leaf_hash);
+    }
+
+    /// Ends segment `seg`; returns whether it was sealed.
+    pub(crate) fn end_segment(
+        &mut self,
+        mut seg: SegState,
+        last: bool,
+        report: &mut Report,
+    ) -> bool {
+        let log = self.log;
+        let index = seg.index;
+        if !seg.saw_header {
             report.add(
                 Verdict::Malformed,
                 log,
@@ -449,9 +507,9 @@ impl LogCheck<'_> {
                 "segment has no header",
             );
         }
-        // Entries after the last commit record of the last file were never
-        // acknowledged; anywhere else they are covered by nothing.
-        if !self.pending.is_empty() && !last_file {
+        // Entries after the last commit record of the last segment were
+        // never acknowledged; anywhere else they are covered by nothing.
+        if !self.pending.is_empty() && !last {
             report.add(
                 Verdict::Truncated,
                 log,
@@ -464,10 +522,10 @@ impl LogCheck<'_> {
                 ),
             );
         }
-        if !last_file {
-            self.commit_pending(&mut seg_tree, &mut seg_pending);
+        if !last {
+            self.commit_pending(&mut seg.tree, &mut seg.pending);
         }
-        Ok(sealed)
+        seg.sealed
     }
 
     fn commit_pending(&mut self, seg_tree: &mut CompactRange<Blake3>, seg_pending: &mut Vec<Hash>) {
