@@ -139,6 +139,10 @@ enum Command {
         /// Verify every log of an embedded data directory instead of a bundle.
         #[arg(long, conflicts_with = "file")]
         data_dir: Option<PathBuf>,
+        /// Verify every log of a PostgreSQL store (a postgres:// URL)
+        /// instead of a bundle.
+        #[arg(long, conflicts_with_all = ["file", "data_dir"])]
+        store: Option<String>,
         /// A signed checkpoint you hold (a receipt's): the bundle must prove
         /// it is a prefix of its own checkpoint.
         #[arg(long)]
@@ -359,9 +363,10 @@ fn main() -> ExitCode {
             file,
             key,
             data_dir,
+            store,
             since_checkpoint,
             json,
-        } => verify_command(file, &key, data_dir, since_checkpoint, json),
+        } => verify_command(file, &key, data_dir, store, since_checkpoint, json),
         Command::Hold { cmd } => admin_exit("hold", cli_admin::hold(cmd)),
         Command::Erase {
             at,
@@ -620,6 +625,7 @@ fn verify_command(
     file: Option<PathBuf>,
     key_files: &[PathBuf],
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     since_checkpoint: Option<PathBuf>,
     json: bool,
 ) -> ExitCode {
@@ -638,6 +644,16 @@ fn verify_command(
         Ok(s) => s,
         Err(e) => return usage(format!("--since-checkpoint: {e}")),
     };
+    if let Some(url) = store {
+        return match auditlog::verify::postgres::verify_postgres(&url, &keys) {
+            Ok(r) => print_verdict(
+                &r,
+                &format!("PostgreSQL store {}", auditlog::serve::redact(&url)),
+                json,
+            ),
+            Err(e) => usage(format!("{}: {e}", auditlog::serve::redact(&url))),
+        };
+    }
     let (report, what) = match (file, data_dir) {
         (Some(f), None) => {
             let input = match std::fs::File::open(&f) {
@@ -658,8 +674,14 @@ fn verify_command(
             Ok(r) => (r, format!("data directory {}", d.display())),
             Err(e) => return usage(format!("{}: {e}", d.display())),
         },
-        _ => return usage("give a bundle file or --data-dir".into()),
+        _ => return usage("give a bundle file, --data-dir or --store".into()),
     };
+    print_verdict(&report, &what, json)
+}
+
+/// Prints a verification report (one-line verdict, then findings) and
+/// returns the exit status: 0 valid, 1 invalid.
+fn print_verdict(report: &auditlog::verify::Report, what: &str, json: bool) -> ExitCode {
     let valid = report.is_valid();
     let transitions: Vec<serde_json::Value> = report
         .transitions

@@ -239,7 +239,11 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let verify_dir = store.is_some().then(|| config.data_dir.clone());
-    let service = Service::new(engine.clone(), verify_dir)
+    let mut service = Service::new(engine.clone(), verify_dir);
+    if let StoreKind::Postgres(url) = &config.store {
+        service = service.with_store_url(url.clone());
+    }
+    let service = service
         .with_rotator(rotator)
         .with_tokens(crate::auth::Tokens::new(config.tokens.clone()))
         .with_stream_idle(config.stream_idle_timeout);

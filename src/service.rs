@@ -49,6 +49,7 @@ pub struct Service {
     engine: Arc<Engine>,
     data_dir: Option<std::path::PathBuf>,
     rotator: Option<Arc<KeyRotator>>,
+    store_url: Option<String>,
     tokens: Tokens,
     stream_idle: std::time::Duration,
 }
@@ -64,9 +65,17 @@ impl Service {
             engine,
             data_dir,
             rotator: None,
+            store_url: None,
             tokens: Tokens::default(),
             stream_idle: DEFAULT_STREAM_IDLE,
         }
+    }
+
+    /// Enables the `Verify` RPC for a PostgreSQL store.
+    #[must_use]
+    pub fn with_store_url(mut self, url: String) -> Service {
+        self.store_url = Some(url);
+        self
     }
 
     /// Enables `RotateKey` for the key file the engine signs with.
@@ -256,6 +265,24 @@ pub fn admin_status(e: AdminError) -> Status {
         AdminError::Record(a) => append_status(a),
         AdminError::Read(r) => read_status(r),
         AdminError::Store(s) => store_status(s),
+    }
+}
+
+fn verify_response(report: crate::verify::Report) -> proto::VerifyResponse {
+    proto::VerifyResponse {
+        valid: report.is_valid(),
+        entries_checked: report.entries_checked,
+        findings: report
+            .findings
+            .into_iter()
+            .map(|f| proto::Finding {
+                code: f.verdict.code().to_owned(),
+                log: f.log,
+                seq: f.seq,
+                field: f.field,
+                detail: f.detail,
+            })
+            .collect(),
     }
 }
 
@@ -988,13 +1015,24 @@ impl Service {
         &self,
         r: proto::VerifyRequest,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
-        let Some(dir) = self.data_dir.clone() else {
-            return Err(Status::unimplemented("Verify needs the embedded store"));
-        };
         let keys = self.engine.signing_history();
         if !r.log.is_empty() && self.engine.log_config(&r.log).is_none() {
             return Err(Status::not_found(format!("unknown log {:?}", r.log)));
         }
+        let dir = match (self.data_dir.clone(), self.store_url.clone()) {
+            (Some(dir), _) => dir,
+            (None, Some(url)) => {
+                return blocking(move || {
+                    let only = Some(r.log).filter(|l| !l.is_empty());
+                    let report =
+                        crate::verify::postgres::verify_postgres_logs(&url, &keys, only.as_deref())
+                            .map_err(|e| Status::unavailable(e.to_string()))?;
+                    Ok(Response::new(verify_response(report)))
+                })
+                .await;
+            }
+            (None, None) => return Err(Status::unimplemented("Verify needs a store to read")),
+        };
         blocking(move || {
             let internal = |e: std::io::Error| Status::internal(e.to_string());
             let report = if r.log.is_empty() {
@@ -1012,21 +1050,7 @@ impl Service {
                 .map_err(internal)?;
                 report
             };
-            Ok(Response::new(proto::VerifyResponse {
-                valid: report.is_valid(),
-                entries_checked: report.entries_checked,
-                findings: report
-                    .findings
-                    .into_iter()
-                    .map(|f| proto::Finding {
-                        code: f.verdict.code().to_owned(),
-                        log: f.log,
-                        seq: f.seq,
-                        field: f.field,
-                        detail: f.detail,
-                    })
-                    .collect(),
-            }))
+            Ok(Response::new(verify_response(report)))
         })
         .await
     }

@@ -269,7 +269,201 @@ async fn three_servers_on_one_database_one_killed_mid_load() {
     }
     let (report, _) = verify_bundle(bundle.as_slice(), &verifier, None);
     assert!(report.is_valid(), "{:?}", report.findings);
+    // And the whole database, through a server and offline.
+    let verified = c
+        .verify(auditlog::proto::VerifyRequest { log: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.valid, "{:?}", verified.findings);
+    assert!(verified.entries_checked >= cp.size);
+    let pubkey = keys.path().join("verifier.pub");
+    let (code, out, _) = auditlog(&["verify", "--store", &url, "--key", pubkey.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
     for s in servers {
         s.stop();
     }
+}
+
+/// A small log in database `db`: 8 entries in batches of 2, segment 0
+/// sealed after 4.
+fn pristine(pg: &Pg, db: &str) -> String {
+    use auditlog::core::seal::SealReason;
+    use auditlog::engine::Engine;
+    use auditlog::store::postgres::PgStore;
+    let url = pg.create_db(db);
+    let store = Arc::new(PgStore::connect(&url).unwrap());
+    let engine = Engine::start(
+        store,
+        common::signer(),
+        vec![common::orders()],
+        Default::default(),
+        common::ManualClock::at(1_000),
+    )
+    .unwrap();
+    for b in 0..4 {
+        let batch = (0..2)
+            .map(|i| common::input(&format!("order:{}", b % 2), &format!("payload {b}/{i}")))
+            .collect();
+        engine.append_blocking("orders", batch).unwrap();
+        if b == 1 {
+            engine.seal_blocking("orders", SealReason::Request).unwrap();
+        }
+    }
+    engine.shutdown();
+    url
+}
+
+#[test]
+fn sql_tampering_is_detected_and_named() {
+    use auditlog::verify::postgres::verify_postgres;
+    use auditlog::verify::Verdict::*;
+    let Some(pg) = Pg::start("sql_tampering_is_detected_and_named") else {
+        return;
+    };
+    let keys = [common::signer().verifier()];
+    let url = pristine(&pg, "pristine");
+    let report = verify_postgres(&url, &keys).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_eq!(
+        report.entries_checked,
+        8 + 1,
+        "orders and the _system seal entry"
+    );
+    assert_eq!(report.seals_checked, 1);
+    // The command line says the same.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pub");
+    std::fs::write(&key, format!("{}\n", keys[0].to_text())).unwrap();
+    let (code, out, _) = auditlog(&["verify", "--store", &url, "--key", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("VALID: PostgreSQL store"), "{out}");
+
+    let e = "auditlog_entries WHERE log = 'orders'";
+    let catalogue: &[(&str, String, auditlog::verify::Verdict, &str, Option<u64>)] = &[
+        (
+            "payload rewritten",
+            "UPDATE auditlog_entries SET payload = 'forged' WHERE log = 'orders' AND seq = 2"
+                .into(),
+            HashMismatch,
+            "payload",
+            Some(2),
+        ),
+        (
+            "entry deleted",
+            format!("DELETE FROM {e} AND seq = 5"),
+            MissingEntry,
+            "seq",
+            Some(5),
+        ),
+        (
+            "two entries swapped",
+            ["1 SET seq = -1", "2 SET seq = 1", "-1 SET seq = 2"]
+                .map(|w| {
+                    let (at, set) = w.split_once(" SET ").unwrap();
+                    format!(
+                        "UPDATE auditlog_entries SET {set} WHERE log = 'orders' AND seq = {at};"
+                    )
+                })
+                .join(" "),
+            ChainBroken,
+            "seq",
+            Some(1),
+        ),
+        (
+            "encoding altered",
+            "UPDATE auditlog_entries SET encoding = overlay(encoding placing '\\x7a'::bytea \
+             from 40 for 1) WHERE log = 'orders' AND seq = 3"
+                .into(),
+            HashMismatch,
+            "entry",
+            Some(3),
+        ),
+        (
+            "payload removed without a record",
+            "UPDATE auditlog_entries SET payload = NULL, salt = NULL \
+             WHERE log = 'orders' AND seq = 1"
+                .into(),
+            HashMismatch,
+            "payload",
+            Some(1),
+        ),
+        (
+            "seal text altered",
+            "UPDATE auditlog_segments SET seal = overlay(seal placing 'X' from 30 for 1) \
+             WHERE log = 'orders' AND segment = 0"
+                .into(),
+            BadSignature,
+            "seal",
+            None,
+        ),
+        (
+            "seal dropped",
+            "UPDATE auditlog_segments SET seal = NULL, end_seq = NULL \
+             WHERE log = 'orders' AND segment = 0"
+                .into(),
+            Truncated,
+            "seal",
+            None,
+        ),
+        (
+            "checkpoint altered",
+            "UPDATE auditlog_checkpoints SET note = overlay(note placing 'X' from 3 for 1) \
+             WHERE log = 'orders' AND size = 6"
+                .into(),
+            BadSignature,
+            "checkpoint",
+            None,
+        ),
+        (
+            "subject column changed",
+            "UPDATE auditlog_entries SET subject = 'order:999' WHERE log = 'orders' AND seq = 0"
+                .into(),
+            Malformed,
+            "subject",
+            Some(0),
+        ),
+        (
+            "tree node changed",
+            "UPDATE auditlog_nodes SET hash = decode(repeat('00', 32), 'hex') \
+             WHERE log = 'orders' AND level = 1 AND index = 0"
+                .into(),
+            HashMismatch,
+            "node",
+            None,
+        ),
+        (
+            "head moved back",
+            "UPDATE auditlog_logs SET size = 3 WHERE name = 'orders'".into(),
+            Malformed,
+            "head",
+            None,
+        ),
+    ];
+    for (i, (what, sql, verdict, field, seq)) in catalogue.iter().enumerate() {
+        let db = format!("tampered{i}");
+        let url = pristine(&pg, &db);
+        pg.psql(&db, sql);
+        let report = verify_postgres(&url, &keys).unwrap();
+        assert!(!report.is_valid(), "{what}: not detected");
+        assert!(
+            report.findings.iter().any(|f| f.verdict == *verdict
+                && f.log == "orders"
+                && f.field == *field
+                && (seq.is_none() || f.seq == *seq)),
+            "{what}: want {verdict:?} field {field} seq {seq:?}, got {:#?}",
+            report.findings
+        );
+    }
+    // A payload removed as the store removes it (state erased) is reported
+    // and is not a failure.
+    let url = pristine(&pg, "erased");
+    pg.psql(
+        "erased",
+        "UPDATE auditlog_entries SET payload = NULL, salt = NULL, payload_state = 1 \
+         WHERE log = 'orders' AND seq = 1",
+    );
+    let report = verify_postgres(&url, &keys).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    assert!(report.has(Erased));
 }

@@ -11,6 +11,7 @@
 //! - ERASED and EXPIRED are informational; every other code but VALID makes
 //!   a report invalid.
 
+pub mod postgres;
 pub mod store;
 
 use std::fmt;

@@ -22,7 +22,7 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::CompactRange;
 use crate::core::note::{NoteError, VerifierKey};
 use crate::core::seal::{Seal, SealError};
-use crate::core::transition::{follow, Trust};
+use crate::core::transition::{follow, KeyTransition, Trust};
 use crate::engine::admin::{transition_of, ROTATE_KIND, SYSTEM_LOG};
 use crate::store::embedded::is_valid_log_name;
 use crate::store::segment::{list_segments, EntryRecord, PayloadState, Record, SegmentReader};
@@ -120,17 +120,27 @@ pub fn follow_transitions(
             }
         }
     }
-    let trust = follow(keys, &transitions);
+    Ok(follow_keys(keys, &transitions, report))
+}
+
+/// `keys` extended along `transitions`, noting in the report which were
+/// followed.
+pub(crate) fn follow_keys(
+    keys: &[VerifierKey],
+    transitions: &[KeyTransition],
+    report: &mut Report,
+) -> Trust {
+    let trust = follow(keys, transitions);
     report.transitions = transitions
         .iter()
         .enumerate()
         .map(|(i, t)| (t.clone(), trust.followed.contains(&i)))
         .collect();
-    Ok(trust)
+    trust
 }
 
 /// Per-log verification state.
-struct LogCheck<'a> {
+pub(crate) struct LogCheck<'a> {
     log: &'a str,
     keys: &'a [VerifierKey],
     origin: Option<String>,
@@ -153,16 +163,7 @@ pub fn verify_log_dir(
     report: &mut Report,
 ) -> std::io::Result<()> {
     let segments = list_segments(dir)?;
-    let mut c = LogCheck {
-        log,
-        keys,
-        origin: None,
-        tree: CompactRange::new(),
-        pending: Vec::new(),
-        prev_leaf: Hash::ZERO,
-        last_ts: i64::MIN,
-        prev_seal: None,
-    };
+    let mut c = LogCheck::new(log, keys);
     let mut expected_segment = 0u64;
     for (i, (n, path)) in segments.iter().enumerate() {
         if *n != expected_segment {
@@ -202,6 +203,37 @@ pub(crate) struct SegState {
     sealed: bool,
     max_ts: i64,
     saw_header: bool,
+}
+
+impl<'a> LogCheck<'a> {
+    /// The checks of log `log` against `keys`, before its first segment.
+    pub(crate) fn new(log: &'a str, keys: &'a [VerifierKey]) -> LogCheck<'a> {
+        LogCheck {
+            log,
+            keys,
+            origin: None,
+            tree: CompactRange::new(),
+            pending: Vec::new(),
+            prev_leaf: Hash::ZERO,
+            last_ts: i64::MIN,
+            prev_seal: None,
+        }
+    }
+
+    /// Entries committed by a checkpoint or seal so far.
+    pub(crate) fn size(&self) -> u64 {
+        self.tree.size()
+    }
+
+    /// The committed tree's frontier, concatenated.
+    pub(crate) fn frontier_bytes(&self) -> Vec<u8> {
+        self.tree.hashes().iter().flat_map(|h| h.0).collect()
+    }
+
+    /// The last entry's leaf hash (zeros before any).
+    pub(crate) fn prev_leaf_bytes(&self) -> Vec<u8> {
+        self.prev_leaf.0.to_vec()
+    }
 }
 
 impl LogCheck<'_> {
