@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bundle;
 pub mod config;
+pub mod copy;
 pub mod core;
 pub mod engine;
 #[doc(hidden)]

@@ -45,6 +45,17 @@ pub struct BenchArgs {
     /// unique one, as a marketplace backend would send).
     #[arg(long)]
     pub no_idempotency_keys: bool,
+    /// More servers (of the same PostgreSQL store) to spread the
+    /// appenders over, round robin with --server; repeat for each.
+    #[arg(long)]
+    pub also_server: Vec<String>,
+    /// Also measure, in this PostgreSQL database, the audit table users
+    /// build by hand: one row per insert, a trigger that locks a head row
+    /// (SELECT ... FOR UPDATE) and chains SHA-256 of the previous hash and
+    /// the row, synchronous_commit on; same payloads and concurrency (at
+    /// most 64 connections). Its tables are named bench_audit*.
+    #[arg(long)]
+    pub baseline_postgres: Option<String>,
 }
 
 /// The next request of appender `t`: entries about orders of four entries
@@ -92,6 +103,83 @@ fn raw_baseline(batch: usize, payload_bytes: usize, seconds: f64) -> std::io::Re
     Ok(rate)
 }
 
+/// The hand-built pattern: a table whose hash chain a trigger keeps.
+const TRIGGER_TABLE: &str = r"
+CREATE TABLE IF NOT EXISTS bench_audit_head (id integer PRIMARY KEY, last_hash bytea NOT NULL);
+INSERT INTO bench_audit_head VALUES (1, '\x00') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS bench_audit (
+    id bigserial PRIMARY KEY,
+    subject text NOT NULL,
+    actor text NOT NULL,
+    payload bytea NOT NULL,
+    prev_hash bytea,
+    hash bytea,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION bench_audit_chain() RETURNS trigger AS $$
+DECLARE prev bytea;
+BEGIN
+    SELECT last_hash INTO prev FROM bench_audit_head WHERE id = 1 FOR UPDATE;
+    NEW.prev_hash := prev;
+    NEW.hash := sha256(prev || convert_to(NEW.subject, 'UTF8') || convert_to(NEW.actor, 'UTF8')
+                       || NEW.payload);
+    UPDATE bench_audit_head SET last_hash = NEW.hash WHERE id = 1;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS bench_audit_chain ON bench_audit;
+CREATE TRIGGER bench_audit_chain BEFORE INSERT ON bench_audit
+    FOR EACH ROW EXECUTE FUNCTION bench_audit_chain();
+";
+
+/// The trigger-chained table baseline: entries/s.
+async fn postgres_baseline(
+    url: &str,
+    concurrency: usize,
+    payload_bytes: usize,
+    seconds: f64,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute("SET synchronous_commit = on").await?;
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    connect().await?.batch_execute(TRIGGER_TABLE).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for t in 0..concurrency.clamp(1, 64) {
+        let client = connect().await?;
+        let (stop, count) = (stop.clone(), count.clone());
+        let payload = vec![0xabu8; payload_bytes];
+        tasks.push(tokio::spawn(async move {
+            let insert = client
+                .prepare("INSERT INTO bench_audit (subject, actor, payload) VALUES ($1, $2, $3)")
+                .await?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let subject = format!("order:{t}-{}", n / 4);
+                let actor = format!("user:{}", n % 1000);
+                client
+                    .execute(&insert, &[&subject, &actor, &payload])
+                    .await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let done = count.load(Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done as f64 / elapsed)
+}
+
 /// Runs the load and prints the report.
 ///
 /// # Errors
@@ -111,17 +199,33 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0
     };
     println!(
-        "{} x{} batch {} payload {} B: {:.0} entries/s, {:.1} MB/s, latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms",
+        "{} x{} batch {} payload {} B on {} server(s): {:.0} entries/s, {:.1} MB/s, latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms",
         args.mode,
         args.concurrency,
         args.batch,
         args.payload_bytes,
+        1 + args.also_server.len(),
         rate,
         rate * args.payload_bytes as f64 / 1e6,
         pct(0.5),
         pct(0.99),
         pct(0.999)
     );
+    if let Some(url) = &args.baseline_postgres {
+        let base = runtime.block_on(postgres_baseline(
+            url,
+            args.concurrency,
+            args.payload_bytes,
+            args.seconds,
+        ))?;
+        println!(
+            "PostgreSQL table chained by a trigger, x{} one row per insert: {:.0} entries/s; \
+             auditlog / trigger table = {:.1}",
+            args.concurrency.clamp(1, 64),
+            base,
+            rate / base
+        );
+    }
     if !args.no_baseline {
         let raw = raw_baseline(args.batch, args.payload_bytes, args.seconds.min(5.0))?;
         println!(
@@ -137,9 +241,10 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 type LoadResult = (u64, Vec<u64>, f64);
 
 async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>> {
-    let channel = crate::cli_conn::endpoint(args.at.server.clone())?
-        .connect()
-        .await?;
+    let mut channels = Vec::new();
+    for server in std::iter::once(&args.at.server).chain(&args.also_server) {
+        channels.push(crate::cli_conn::endpoint(server.clone())?.connect().await?);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -152,7 +257,8 @@ async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
-        let client = AuditLogClient::with_interceptor(channel.clone(), crate::cli_conn::bearer()?)
+        let channel = channels[t % channels.len()].clone();
+        let client = AuditLogClient::with_interceptor(channel, crate::cli_conn::bearer()?)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (stop, count, lat, payload, a) = (

@@ -86,6 +86,24 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_admin::KeysCommand,
     },
+    /// Copy every log between stores: a data directory and a PostgreSQL
+    /// database, either way.
+    ///
+    /// Entries, checkpoints and seals are copied exactly as signed (no key
+    /// is needed); removed payloads stay removed. The destination must be
+    /// empty (a log it already holds identically is skipped). Stop the
+    /// servers of the source first. Afterwards both verify alike: check with
+    /// `auditlog verify --data-dir` / `--store`.
+    ///
+    /// Example: auditlog copy --from ./auditlog-data --to postgres://auditlog@db.internal/auditlog
+    Copy {
+        /// Source: a data directory or a postgres:// URL.
+        #[arg(long)]
+        from: String,
+        /// Destination: a data directory or a postgres:// URL.
+        #[arg(long)]
+        to: String,
+    },
     /// Create or upgrade the PostgreSQL schema (servers also do it on
     /// start). Migrations only go forward; a database newer than this
     /// auditlog is refused.
@@ -376,6 +394,7 @@ fn main() -> ExitCode {
         } => admin_exit("erase", cli_admin::erase(at, log, subject, actor)),
         Command::Retention { cmd } => admin_exit("retention", cli_admin::retention(cmd)),
         Command::Keys { cmd } => admin_exit("keys rotate", cli_admin::keys(cmd)),
+        Command::Copy { from, to } => copy_command(&from, &to),
         Command::Migrate { store } => match auditlog::store::postgres::migrate(&store) {
             Ok((from, to)) if from == to => {
                 println!("schema version {to}: up to date");
@@ -750,6 +769,40 @@ fn print_verdict(report: &auditlog::verify::Report, what: &str, json: bool) -> E
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn copy_command(from: &str, to: &str) -> ExitCode {
+    use std::io::IsTerminal;
+    let run = || -> Result<Vec<auditlog::copy::CopiedLog>, auditlog::copy::CopyError> {
+        let src = auditlog::copy::open_location(from, true)?;
+        let dst = auditlog::copy::open_location(to, false)?;
+        let tty = std::io::stderr().is_terminal();
+        auditlog::copy::copy_store(src.as_ref(), dst.as_ref(), |log, done, total| {
+            if tty {
+                eprint!("\r{log}: {done}/{total} entries");
+            }
+        })
+    };
+    match run() {
+        Ok(logs) => {
+            eprintln!();
+            for l in &logs {
+                if l.already_there {
+                    println!("{}: already there, skipped", l.log);
+                } else {
+                    println!(
+                        "{}: {} entries, {} checkpoints, {} seals",
+                        l.log, l.entries, l.checkpoints, l.seals
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("auditlog copy: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

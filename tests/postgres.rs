@@ -467,3 +467,121 @@ fn sql_tampering_is_detected_and_named() {
     assert!(report.is_valid(), "{:?}", report.findings);
     assert!(report.has(Erased));
 }
+
+/// (code, log, seq) of a finding.
+type FindingKey = (String, String, Option<u64>);
+
+/// The findings that do not depend on where the log is stored.
+fn summary(r: &auditlog::verify::Report) -> (u64, u64, u64, Vec<FindingKey>) {
+    let mut f: Vec<_> = r
+        .findings
+        .iter()
+        .map(|f| (f.verdict.code().to_owned(), f.log.clone(), f.seq))
+        .collect();
+    f.sort();
+    (r.entries_checked, r.checkpoints_checked, r.seals_checked, f)
+}
+
+#[test]
+fn copy_there_and_back_verifies_identically() {
+    use auditlog::core::seal::SealReason;
+    use auditlog::engine::admin::Target;
+    use auditlog::store::embedded::EmbeddedStore;
+    use auditlog::verify::postgres::verify_postgres;
+    use auditlog::verify::store::verify_data_dir;
+    let Some(pg) = Pg::start("copy_there_and_back_verifies_identically") else {
+        return;
+    };
+    // A history worth copying: two logs, batches, seals (one of an empty
+    // segment), an erasure and a key rotation.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::ManualClock::at(1_000);
+    let f = common::open(
+        dir.path(),
+        vec![common::orders(), common::chats()],
+        clock.clone(),
+    );
+    for b in 0..6u64 {
+        let batch = (0..=b % 3)
+            .map(|i| common::input(&format!("order:{}", b % 2), &format!("{b}/{i}")))
+            .collect();
+        f.engine.append_blocking("orders", batch).unwrap();
+        f.engine
+            .append_blocking("chats", vec![common::input("chat:1", &format!("m{b}"))])
+            .unwrap();
+        if b % 2 == 1 {
+            clock.set(1_000 + b as i64 * 10);
+            f.engine
+                .seal_blocking("orders", SealReason::Request)
+                .unwrap();
+        }
+        if b == 3 {
+            f.engine.rotate_key(common::other_signer(), "test").unwrap();
+        }
+    }
+    f.engine
+        .seal_blocking("chats", SealReason::Request)
+        .unwrap();
+    f.engine
+        .seal_blocking("chats", SealReason::Request)
+        .unwrap(); // empty segment
+    f.engine
+        .erase(Some("orders"), &Target::Subject("order:1".into()), "test")
+        .unwrap();
+    f.close();
+    let old = [common::signer().verifier()];
+    let source = verify_data_dir(dir.path(), &old).unwrap();
+    assert!(source.is_valid(), "{:?}", source.findings);
+    assert!(source.has(auditlog::verify::Verdict::Erased));
+
+    let url = pg.create_db("copy");
+    let (code, out, err) =
+        auditlog(&["copy", "--from", dir.path().to_str().unwrap(), "--to", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("orders: "), "{out}");
+    let there = verify_postgres(&url, &old).unwrap();
+    assert!(there.is_valid(), "{:?}", there.findings);
+    assert_eq!(summary(&there), summary(&source));
+    // Again: nothing to do.
+    let (code, out, _) = auditlog(&["copy", "--from", dir.path().to_str().unwrap(), "--to", &url]);
+    assert_eq!(code, 0);
+    assert!(out.contains("orders: already there, skipped"), "{out}");
+
+    let back = tempfile::tempdir().unwrap();
+    let (code, _, err) = auditlog(&[
+        "copy",
+        "--from",
+        &url,
+        "--to",
+        back.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let again = verify_data_dir(back.path(), &old).unwrap();
+    assert_eq!(summary(&again), summary(&source));
+
+    // The copies serve the same entries, and go on from the same head.
+    let a = EmbeddedStore::open(dir.path()).unwrap();
+    let b = EmbeddedStore::open(back.path()).unwrap();
+    use auditlog::store::Store;
+    for spec in a.stored_logs().unwrap() {
+        let (ha, hb) = (a.open_log(&spec, 0).unwrap(), b.open_log(&spec, 0).unwrap());
+        assert_eq!(ha, hb, "{}", spec.name);
+        for seq in 0..ha.size {
+            assert_eq!(
+                a.entry(&spec.name, seq).unwrap(),
+                b.entry(&spec.name, seq).unwrap()
+            );
+        }
+    }
+    drop((a, b));
+    // Into a non-empty destination with another history: refused.
+    let (code, _, err) = auditlog(&[
+        "copy",
+        "--from",
+        back.path().to_str().unwrap(),
+        "--to",
+        &pristine(&pg, "other"),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("another history"), "{err}");
+}

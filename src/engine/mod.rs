@@ -36,7 +36,7 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{self, TreeError};
 use crate::core::note::SignerKey;
 use crate::core::seal::{Seal, SealReason};
-use crate::store::{LogHead, LogNodes, LogSpec, Store, StoreError, StoredEntry};
+use crate::store::{HeadLock, LogHead, LogNodes, LogSpec, Store, StoreError, StoredEntry};
 
 use input::{prepare, AppendError, EntryInput, Limits, PreparedEntry};
 use sequencer::{OverlayReader, Sequencer};
@@ -792,6 +792,15 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             self.close_windows();
+            // On a shared store, take the log's head lock first: whatever
+            // arrives while another process holds it joins this batch.
+            let store = self.store.clone();
+            let mut lock = match &first {
+                Command::Append { .. } if store.shared() => {
+                    store.lock_head(&self.config.name).ok().flatten()
+                }
+                _ => None,
+            };
             // Group commit: take everything queued behind the first command.
             let mut cmds = vec![first];
             let (mut n, mut bytes) = (0usize, 0usize);
@@ -812,7 +821,7 @@ impl Worker {
                 match cmd {
                     Command::Append { entries, reply } => appends.push((entries, reply)),
                     Command::Seal { reason, reply } => {
-                        self.append_batch(std::mem::take(&mut appends));
+                        self.append_batch(std::mem::take(&mut appends), lock.take());
                         let _ = reply.send(self.seal(reason));
                     }
                     Command::Tick { reply } => {
@@ -820,7 +829,7 @@ impl Worker {
                     }
                 }
             }
-            self.append_batch(appends);
+            self.append_batch(appends, lock.take());
         }
     }
 
@@ -942,6 +951,21 @@ impl Worker {
         let mut fresh: Vec<PreparedEntry> = Vec::new();
         let mut keys: HashMap<String, usize> = HashMap::new();
         let mut pending = Vec::new();
+        // Every key of the batch looked up at once (one query on a
+        // database, instead of one per entry).
+        let wanted: Vec<&str> = requests
+            .iter()
+            .flat_map(|(entries, _)| entries.iter())
+            .map(|e| e.input.idempotency_key.as_str())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let known = if wanted.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            self.store
+                .seqs_by_idempotency_keys(&self.config.name, &wanted)
+                .map_err(|e| AppendError::Unavailable(e.to_string()))
+        };
         'requests: for (request, (entries, reply)) in requests.into_iter().enumerate() {
             let mut slots = Vec::with_capacity(entries.len());
             let mut staged: Vec<PreparedEntry> = Vec::new();
@@ -965,7 +989,7 @@ impl Worker {
                         slots.push(Slot::DuplicateInBatch(j));
                         continue;
                     }
-                    match self.lookup_key(key) {
+                    match self.lookup_key(&known, key) {
                         Err(err) => {
                             let _ = reply.send(Err(err));
                             continue 'requests;
@@ -1007,18 +1031,18 @@ impl Worker {
         (fresh, pending)
     }
 
-    fn lookup_key(&self, key: &str) -> Result<Option<StoredEntry>, AppendError> {
-        let unavailable = |e: StoreError| AppendError::Unavailable(e.to_string());
-        match self
-            .store
-            .seq_by_idempotency_key(&self.config.name, key)
-            .map_err(unavailable)?
-        {
+    fn lookup_key(
+        &self,
+        known: &Result<HashMap<String, u64>, AppendError>,
+        key: &str,
+    ) -> Result<Option<StoredEntry>, AppendError> {
+        let known = known.as_ref().map_err(Clone::clone)?;
+        match known.get(key) {
             None => Ok(None),
-            Some(seq) => self
+            Some(&seq) => self
                 .store
                 .entry(&self.config.name, seq)
-                .map_err(unavailable),
+                .map_err(|e| AppendError::Unavailable(e.to_string())),
         }
     }
 
@@ -1027,13 +1051,14 @@ impl Worker {
     /// process has since moved is refused by the store; the head is then
     /// read again and the requests planned again (their idempotency keys
     /// looked up again too), a few times before giving up.
-    fn append_batch(&mut self, requests: Vec<Request>) {
+    fn append_batch(&mut self, requests: Vec<Request>, lock: Option<Box<dyn HeadLock + '_>>) {
         const ATTEMPTS: usize = 16;
         let mut requests = requests;
+        let mut lock = lock;
         for attempt in 1..=ATTEMPTS {
             let keep: Option<Vec<Vec<PreparedEntry>>> = (self.store.shared() && attempt < ATTEMPTS)
                 .then(|| requests.iter().map(|(e, _)| e.clone()).collect());
-            let Some(moved) = self.try_append_batch(requests, keep.is_some()) else {
+            let Some(moved) = self.try_append_batch(requests, keep.is_some(), lock.take()) else {
                 return;
             };
             let mut keep = keep.expect("kept when retrying");
@@ -1074,7 +1099,12 @@ impl Worker {
     /// One attempt of [`Worker::append_batch`]. With `retry`, a batch the
     /// store refuses because its head moved is not answered: its pending
     /// requests are returned to be planned again.
-    fn try_append_batch(&mut self, requests: Vec<Request>, retry: bool) -> Option<Vec<Pending>> {
+    fn try_append_batch(
+        &mut self,
+        requests: Vec<Request>,
+        retry: bool,
+        held: Option<Box<dyn HeadLock + '_>>,
+    ) -> Option<Vec<Pending>> {
         if requests.is_empty() {
             return None;
         }
@@ -1082,7 +1112,11 @@ impl Worker {
         // signing, writing) happens under the log's head lock: no other
         // process can extend the chain meanwhile.
         let store = self.store.clone();
-        let lock = match store.lock_head(&self.config.name) {
+        let acquired = match held {
+            Some(l) => Ok(Some(l)),
+            None => store.lock_head(&self.config.name),
+        };
+        let lock = match acquired {
             Ok(l) => l,
             Err(e) => {
                 for (_, reply) in requests {

@@ -26,7 +26,7 @@ use crate::core::entry::Entry;
 use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{CompactRange, NodeId, NodeReadError, NodeReader};
 use crate::core::seal::{RetainUntil, Seal, SealReason};
-use crate::store::{Batch, BatchEntry, LogHead};
+use crate::store::{Batch, BatchEntry, LogHead, PayloadState};
 
 use super::input::PreparedEntry;
 
@@ -205,6 +205,7 @@ impl Sequencer {
                 leaf_hash: leaf,
                 salt: p.salt,
                 payload: p.input.payload,
+                state: PayloadState::Present,
             });
         }
         next.last_ts = ts;

@@ -917,13 +917,14 @@ impl Store for EmbeddedStore {
         let mut offsets = Vec::with_capacity(batch.entries.len());
         for e in &batch.entries {
             offsets.push(base + buf.len() as u64);
+            let present = e.state == PayloadState::Present;
             encode_entry_record(
                 &mut buf,
                 &e.encoding,
                 &e.leaf_hash,
-                PayloadState::Present,
-                Some(&e.salt),
-                &e.payload,
+                e.state,
+                present.then_some(&e.salt),
+                if present { &e.payload } else { &[] },
             );
         }
         encode_other_record(
@@ -1143,6 +1144,58 @@ impl Store for EmbeddedStore {
         let files = self.log(log)?;
         self.wait_keyed(&files)?;
         files.index.keyed.checkpoint_at(size)
+    }
+
+    fn checkpoints_after(
+        &self,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let files = self.log(log)?;
+        self.wait_keyed(&files)?;
+        files.index.keyed.checkpoints_after(after, limit)
+    }
+
+    fn stored_logs(&self) -> Result<Vec<LogSpec>, StoreError> {
+        let dir = self.root.join("logs");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(format!("list {}", dir.display()))(e)),
+        };
+        for e in entries {
+            let e = e.map_err(io(format!("list {}", dir.display())))?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !is_valid_log_name(&name) || !e.path().is_dir() {
+                continue;
+            }
+            let segments =
+                list_segments(&e.path()).map_err(io(format!("list {}", e.path().display())))?;
+            let Some((_, first)) = segments.first() else {
+                continue;
+            };
+            let mut reader =
+                SegmentReader::open(first).map_err(io(format!("open {}", first.display())))?;
+            match reader.next_record() {
+                Ok(Ok(Some((_, Record::Header(h))))) => out.push(LogSpec {
+                    name,
+                    origin: h.origin,
+                }),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        log: name,
+                        location: first.display().to_string(),
+                        reason: "the first segment does not start with a header".into(),
+                    })
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError> {

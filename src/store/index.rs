@@ -430,6 +430,28 @@ impl KeyedIndex {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Up to `limit` checkpoints of sizes above `after`, by size.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn checkpoints_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.checkpoints
+            .range(be(from)..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((u64_of(&k), String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
     /// The latest stored checkpoint and its size.
     ///
     /// # Errors

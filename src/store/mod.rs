@@ -75,10 +75,13 @@ pub struct BatchEntry {
     pub encoding: Vec<u8>,
     /// Leaf hash of the encoding.
     pub leaf_hash: Hash,
-    /// Payload salt.
+    /// Payload salt (ignored unless `state` is present).
     pub salt: Salt,
-    /// Payload.
+    /// Payload (empty unless `state` is present).
     pub payload: Vec<u8>,
+    /// [`PayloadState::Present`] for every new entry; a copy between stores
+    /// (`auditlog copy`) also writes entries whose payload was removed.
+    pub state: PayloadState,
 }
 
 /// A group of entries appended and made durable together, with the signed
@@ -207,6 +210,24 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// The logs the store holds, with their origins, whether or not they
+    /// were opened.
+    ///
+    /// # Errors
+    /// I/O or database failure.
+    fn stored_logs(&self) -> Result<Vec<LogSpec>, StoreError>;
+
+    /// Up to `limit` stored checkpoints of sizes above `after`, by size.
+    ///
+    /// # Errors
+    /// Index or database failure.
+    fn checkpoints_after(
+        &self,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError>;
+
     /// For a shared store: the latest durable checkpoint and its size,
     /// whichever process signed it. `None` for a store only this process
     /// writes (the engine knows its own head).
@@ -255,6 +276,25 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Index failure.
     fn seq_by_idempotency_key(&self, log: &str, key: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The seqs of the entries appended with any of `keys` (keys not used
+    /// are absent from the answer).
+    ///
+    /// # Errors
+    /// Index failure.
+    fn seqs_by_idempotency_keys(
+        &self,
+        log: &str,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for k in keys {
+            if let Some(seq) = self.seq_by_idempotency_key(log, k)? {
+                out.insert((*k).to_owned(), seq);
+            }
+        }
+        Ok(out)
+    }
 
     /// Seqs of entries about `subject`, from `from_seq`, at most `limit`.
     ///

@@ -341,7 +341,8 @@ impl PgStore {
              segment_span_from, segment_frontier, segment_first_timestamp, prev_seal, \
              latest_checkpoint FROM auditlog_logs WHERE name = $1{lock}"
         );
-        let Some(r) = client.query_opt(&sql, &[&log]).await.map_err(db)? else {
+        let statement = client.prepare_cached(&sql).await.map_err(db)?;
+        let Some(r) = client.query_opt(&statement, &[&log]).await.map_err(db)? else {
             return Ok(None);
         };
         Ok(Some(LogHead {
@@ -427,6 +428,17 @@ impl PgStore {
     }
 }
 
+/// Executes `sql` as a statement prepared once per connection (later calls
+/// skip the parse round trip).
+async fn cached_execute<C: GenericClient + Sync>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(db)?;
+    client.execute(&statement, params).await.map_err(db)
+}
+
 /// Writes `batch` on a connection inside a transaction that holds the
 /// log's head row (`head` as read under the lock).
 async fn write_batch<C: GenericClient + Sync>(
@@ -455,18 +467,21 @@ async fn write_batch<C: GenericClient + Sync>(
     let mut seqs = Vec::with_capacity(n);
     let mut encodings = Vec::with_capacity(n);
     let mut leaves = Vec::with_capacity(n);
-    let mut salts = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
+    let mut salts: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    let mut payloads: Vec<Option<&[u8]>> = Vec::with_capacity(n);
     let mut subjects = Vec::with_capacity(n);
     let mut actors = Vec::with_capacity(n);
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
+    let mut states: Vec<i16> = Vec::with_capacity(n);
     for e in &batch.entries {
         seqs.push(seq_i64(e.entry.seq));
         encodings.push(e.encoding.as_slice());
         leaves.push(e.leaf_hash.0.as_slice());
-        salts.push(e.salt.0.as_slice());
-        payloads.push(e.payload.as_slice());
+        let present = e.state == PayloadState::Present;
+        salts.push(present.then_some(e.salt.0.as_slice()));
+        payloads.push(present.then_some(e.payload.as_slice()));
+        states.push(i16::from(e.state as u8));
         subjects.push(e.entry.subject.as_str());
         actors.push(e.entry.actor.as_str());
         keys.push(Some(e.entry.idempotency_key.as_str()).filter(|k| !k.is_empty()));
@@ -474,70 +489,74 @@ async fn write_batch<C: GenericClient + Sync>(
         tree.append(e.leaf_hash, |_, _| {});
         seg_tree.append(e.leaf_hash, |_, _| {});
     }
-    tx.execute(
-        "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, payload_state, salt, \
-         payload, subject, actor, idempotency_key, timestamp_unix_nanos, segment) \
-         SELECT $1, s, enc, leaf, 0, salt, payload, subject, actor, key, ts, $11 \
-         FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
-         $7::text[], $8::text[], $9::text[], $10::bigint[]) \
-         AS t(s, enc, leaf, salt, payload, subject, actor, key, ts)",
-        &[
-            &log, &seqs, &encodings, &leaves, &salts, &payloads, &subjects, &actors, &keys, &times,
-            &segment,
-        ],
-    )
-    .await
-    .map_err(db)?;
-    if !batch.nodes.is_empty() {
-        let levels: Vec<i16> = batch
-            .nodes
-            .iter()
-            .map(|(id, _)| i16::from(id.level))
-            .collect();
-        let indexes: Vec<i64> = batch
-            .nodes
-            .iter()
-            .map(|(id, _)| seq_i64(id.index))
-            .collect();
-        let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, h)| h.0.as_slice()).collect();
-        tx.execute(
-            "INSERT INTO auditlog_nodes (log, level, index, hash) \
-             SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) \
-             AS t(l, i, h)",
-            &[&log, &levels, &indexes, &hashes],
-        )
-        .await
-        .map_err(db)?;
-    }
+    // The four writes are independent: sent together, they cost one round
+    // trip (tokio-postgres pipelines concurrent queries on a connection).
+    let levels: Vec<i16> = batch
+        .nodes
+        .iter()
+        .map(|(id, _)| i16::from(id.level))
+        .collect();
+    let indexes: Vec<i64> = batch
+        .nodes
+        .iter()
+        .map(|(id, _)| seq_i64(id.index))
+        .collect();
+    let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, h)| h.0.as_slice()).collect();
     let end = seq_i64(batch.first_seq + n as u64);
-    tx.execute(
-        "INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)",
-        &[&log, &end, &batch.checkpoint],
-    )
-    .await
-    .map_err(db)?;
     let last = batch.entries.last().expect("non-empty batch");
     let first_ts = head
         .segment
         .first_timestamp
         .or(Some(batch.entries[0].entry.timestamp_unix_nanos));
-    tx.execute(
+    let (frontier, seg_frontier) = (bytes_of(tree.hashes()), bytes_of(seg_tree.hashes()));
+    type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let entry_params: [P<'_>; 12] = [
+        &log, &seqs, &encodings, &leaves, &salts, &payloads, &subjects, &actors, &keys, &times,
+        &segment, &states,
+    ];
+    let node_params: [P<'_>; 4] = [&log, &levels, &indexes, &hashes];
+    let checkpoint_params: [P<'_>; 3] = [&log, &end, &batch.checkpoint];
+    let leaf = last.leaf_hash.0.as_slice();
+    let head_params: [P<'_>; 8] = [
+        &log,
+        &end,
+        &leaf,
+        &last.entry.timestamp_unix_nanos,
+        &frontier,
+        &seg_frontier,
+        &first_ts,
+        &batch.checkpoint,
+    ];
+    let entries = cached_execute(
+        tx,
+        "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, payload_state, salt, \
+         payload, subject, actor, idempotency_key, timestamp_unix_nanos, segment) \
+         SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $11 \
+         FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
+         $7::text[], $8::text[], $9::text[], $10::bigint[], $12::smallint[]) \
+         AS t(s, enc, leaf, salt, payload, subject, actor, key, ts, st)",
+        &entry_params,
+    );
+    let nodes = cached_execute(
+        tx,
+        "INSERT INTO auditlog_nodes (log, level, index, hash) \
+         SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) \
+         AS t(l, i, h)",
+        &node_params,
+    );
+    let checkpoint = cached_execute(
+        tx,
+        "INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)",
+        &checkpoint_params,
+    );
+    let head_row = cached_execute(
+        tx,
         "UPDATE auditlog_logs SET size = $2, prev_leaf = $3, last_timestamp = $4, \
          frontier = $5, segment_frontier = $6, segment_first_timestamp = $7, \
          latest_checkpoint = $8 WHERE name = $1",
-        &[
-            &log,
-            &end,
-            &last.leaf_hash.0.as_slice(),
-            &last.entry.timestamp_unix_nanos,
-            &bytes_of(tree.hashes()),
-            &bytes_of(seg_tree.hashes()),
-            &first_ts,
-            &batch.checkpoint,
-        ],
-    )
-    .await
-    .map_err(db)?;
+        &head_params,
+    );
+    tokio::try_join!(entries, nodes, checkpoint, head_row)?;
     Ok(())
 }
 
@@ -634,6 +653,9 @@ impl super::HeadLock for PgHeadLock<'_> {
     fn append(self: Box<Self>, batch: &Batch) -> Result<(), StoreError> {
         let batch = batch.clone();
         self.finish(move |client, log, head| async move {
+            // COMMIT only once every write has answered: a statement sent
+            // by name is prepared first, so a COMMIT sent alongside could
+            // overtake it.
             let done = async {
                 write_batch(&client, &log, &head, &batch).await?;
                 client.batch_execute("COMMIT").await.map_err(db)
@@ -798,6 +820,52 @@ impl Store for PgStore {
         })
     }
 
+    fn stored_logs(&self) -> Result<Vec<LogSpec>, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            Ok(client
+                .query("SELECT name, origin FROM auditlog_logs ORDER BY name", &[])
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|r| LogSpec {
+                    name: r.get(0),
+                    origin: r.get(1),
+                })
+                .collect())
+        })
+    }
+
+    fn checkpoints_after(
+        &self,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(Self::client_error)?;
+            Ok(client
+                .query(
+                    "SELECT size, note FROM auditlog_checkpoints WHERE log = $1 AND size > $2 \
+                     ORDER BY size LIMIT $3",
+                    &[
+                        &log,
+                        &seq_i64(after),
+                        &i64::try_from(limit).unwrap_or(i64::MAX),
+                    ],
+                )
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|r| (seq_u64(r.get(0)), r.get(1)))
+                .collect())
+        })
+    }
+
     fn latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, StoreError> {
         self.known(log)?;
         let pool = self.pool.clone();
@@ -822,12 +890,18 @@ impl Store for PgStore {
         let log2 = log.to_owned();
         let (client, head) = self.run(async move {
             let client = pool.get().await.map_err(Self::client_error)?;
+            // BEGIN and the locking read go out together.
             let locked = async {
-                client
-                    .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
-                    .await
-                    .map_err(db)?;
-                Self::locked_head(&client, &log2).await
+                let (_, head) = tokio::try_join!(
+                    async {
+                        client
+                            .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+                            .await
+                            .map_err(db)
+                    },
+                    Self::locked_head(&client, &log2)
+                )?;
+                Ok::<_, StoreError>(head)
             }
             .await;
             match locked {
@@ -871,6 +945,40 @@ impl Store for PgStore {
         self.known(log)?;
         let found = self.matching(log, "idempotency_key", key, 0, 1)?;
         Ok(found.first().copied())
+    }
+
+    fn seqs_by_idempotency_keys(
+        &self,
+        log: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        self.known(log)?;
+        let pool = self.pool.clone();
+        let log = log.to_owned();
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.run(async move {
+            let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+            let client = pool.get().await.map_err(Self::client_error)?;
+            let rows = client
+                .query(
+                    "SELECT seq, encoding FROM auditlog_entries \
+                     WHERE log = $1 AND idempotency_key = ANY($2)",
+                    &[&log, &keys],
+                )
+                .await
+                .map_err(db)?;
+            // The column is derived: only what the entry itself says counts.
+            Ok(rows
+                .into_iter()
+                .filter_map(|r| {
+                    let seq = seq_u64(r.get(0));
+                    let e = Entry::decode(r.get::<_, &[u8]>(1)).ok()?;
+                    (e.seq == seq && !e.idempotency_key.is_empty())
+                        .then_some((e.idempotency_key, seq))
+                })
+                .filter(|(k, _)| wanted.contains(k.as_str()))
+                .collect())
+        })
     }
 
     fn seqs_by_subject(
