@@ -1243,16 +1243,7 @@ impl Store for EmbeddedStore {
         };
         let mut by_segment: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
         for &seq in seqs {
-            if seq >= size {
-                return Err(StoreError::Index(format!(
-                    "seq {seq} is beyond the log ({size} entries)"
-                )));
-            }
-            if seq >= open_first {
-                return Err(StoreError::Index(format!(
-                    "seq {seq} is in the open segment; seal it first"
-                )));
-            }
+            super::check_removable(seq, size, open_first)?;
             let at = files
                 .index
                 .dense

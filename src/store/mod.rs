@@ -385,6 +385,25 @@ pub trait HeadLock: Send {
     fn seal(self: Box<Self>, seal: &Seal, signed: &str) -> Result<(), StoreError>;
 }
 
+/// Checks that `seq` may lose its payload: inside a log of `size`
+/// entries and before the open segment (which starts at `open_first`).
+///
+/// # Errors
+/// [`StoreError::Index`] saying which rule refused it.
+pub(crate) fn check_removable(seq: u64, size: u64, open_first: u64) -> Result<(), StoreError> {
+    if seq >= size {
+        return Err(StoreError::Index(format!(
+            "seq {seq} is beyond the log ({size} entries)"
+        )));
+    }
+    if seq >= open_first {
+        return Err(StoreError::Index(format!(
+            "seq {seq} is in the open segment; seal it first"
+        )));
+    }
+    Ok(())
+}
+
 /// Crash-test hook: when `AUDITLOG_FAILPOINT` names this step, the process
 /// aborts here (as a power cut would stop it). Used by the tests that kill
 /// a store at every step of a multi-step change.

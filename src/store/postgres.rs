@@ -223,26 +223,42 @@ pub fn migrate(url: &str) -> Result<(i32, i32), StoreError> {
 /// As [`migrate`].
 #[doc(hidden)]
 pub fn migrate_to(url: &str, target: i32) -> Result<(i32, i32), StoreError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Io {
-            context: "start the PostgreSQL runtime".into(),
-            source: e,
-        })?;
+    with_connection(url, move |mut client| async move {
+        migrate_client(&mut client, target.min(SCHEMA_VERSION)).await
+    })
+}
+
+/// Runs `f` with one connection to `url`, on a runtime and a thread of its
+/// own, so it can be called from any thread, inside another runtime or not.
+///
+/// # Errors
+/// Connection failure, or `f`'s.
+pub(crate) fn with_connection<T, F, Fut>(url: &str, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio_postgres::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
     let url = url.to_owned();
     std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                context: "start the PostgreSQL runtime".into(),
+                source: e,
+            })?;
         rt.block_on(async move {
-            let (mut client, conn) = tokio_postgres::connect(&url, NoTls).await.map_err(db)?;
+            let (client, conn) = tokio_postgres::connect(&url, NoTls).await.map_err(db)?;
             let driver = tokio::spawn(conn);
-            let out = migrate_client(&mut client, target.min(SCHEMA_VERSION)).await;
-            drop(client);
+            // `f` owns the client: the connection ends when it is done.
+            let out = f(client).await;
             let _ = driver.await;
             out
         })
     })
     .join()
-    .map_err(|_| StoreError::Database("migration thread panicked".into()))?
+    .map_err(|_| StoreError::Database("the PostgreSQL thread panicked".into()))?
 }
 
 impl PgStore {
@@ -1161,18 +1177,9 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db)?;
-            let (size, open_first): (i64, i64) = (r.get(0), r.get(1));
+            let (size, open_first) = (seq_u64(r.get(0)), seq_u64(r.get(1)));
             for &seq in &seqs {
-                if seq >= size {
-                    return Err(StoreError::Index(format!(
-                        "seq {seq} is beyond the log ({size} entries)"
-                    )));
-                }
-                if seq >= open_first {
-                    return Err(StoreError::Index(format!(
-                        "seq {seq} is in the open segment; seal it first"
-                    )));
-                }
+                super::check_removable(seq_u64(seq), size, open_first)?;
             }
             let rows = tx
                 .query(

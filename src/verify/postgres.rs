@@ -15,7 +15,7 @@
 //! (and transitions they signed) vouch for; every discrepancy is a finding
 //! naming log, seq or segment, and field.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::store::{follow_keys, LogCheck};
 use super::{Report, Verdict};
@@ -24,6 +24,7 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::CompactRange;
 use crate::core::note::VerifierKey;
 use crate::engine::admin::{transition_of, ROTATE_KIND, SYSTEM_LOG};
+use crate::store::postgres::with_connection;
 use crate::store::segment::{EntryRecord, PayloadState, Record, SegmentHeader};
 use crate::store::StoreError;
 
@@ -53,26 +54,10 @@ pub fn verify_postgres_logs(
     keys: &[VerifierKey],
     only: Option<&str>,
 ) -> Result<Report, StoreError> {
-    let (url, keys, only) = (url.to_owned(), keys.to_vec(), only.map(str::to_owned));
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Io {
-                context: "start the PostgreSQL runtime".into(),
-                source: e,
-            })?;
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, NoTls).await.map_err(db)?;
-            let driver = tokio::spawn(conn);
-            let out = verify_client(&client, &keys, only.as_deref()).await;
-            drop(client);
-            let _ = driver.await;
-            out
-        })
+    let (keys, only) = (keys.to_vec(), only.map(str::to_owned));
+    with_connection(url, move |client| async move {
+        verify_client(&client, &keys, only.as_deref()).await
     })
-    .join()
-    .map_err(|_| StoreError::Database("verification thread panicked".into()))?
 }
 
 async fn verify_client(
