@@ -719,8 +719,6 @@ enum Slot {
 struct Pending {
     slots: Vec<Slot>,
     reply: Reply,
-    /// Index of the request it answers (to retry it).
-    request: usize,
 }
 
 struct Worker {
@@ -966,7 +964,7 @@ impl Worker {
                 .seqs_by_idempotency_keys(&self.config.name, &wanted)
                 .map_err(|e| AppendError::Unavailable(e.to_string()))
         };
-        'requests: for (request, (entries, reply)) in requests.into_iter().enumerate() {
+        'requests: for (entries, reply) in requests {
             let mut slots = Vec::with_capacity(entries.len());
             let mut staged: Vec<PreparedEntry> = Vec::new();
             let mut staged_keys: HashMap<String, usize> = HashMap::new();
@@ -1022,11 +1020,7 @@ impl Worker {
                 keys.insert(k, fresh.len() + j);
             }
             fresh.extend(staged);
-            pending.push(Pending {
-                slots,
-                reply,
-                request,
-            });
+            pending.push(Pending { slots, reply });
         }
         (fresh, pending)
     }
@@ -1046,33 +1040,36 @@ impl Worker {
         }
     }
 
-    /// Appends the queued requests as one group commit. On a store other
-    /// processes write too, a batch planned against a head another
-    /// process has since moved is refused by the store; the head is then
-    /// read again and the requests planned again (their idempotency keys
-    /// looked up again too), a few times before giving up.
+    /// Appends the queued requests as one group commit. On a shared store
+    /// the batch is planned and written under the log's head lock (`lock`,
+    /// or one taken here), so no other process moves the head meanwhile.
     fn append_batch(&mut self, requests: Vec<Request>, lock: Option<Box<dyn HeadLock + '_>>) {
-        const ATTEMPTS: usize = 16;
-        let mut requests = requests;
-        let mut lock = lock;
-        for attempt in 1..=ATTEMPTS {
-            let keep: Option<Vec<Vec<PreparedEntry>>> = (self.store.shared() && attempt < ATTEMPTS)
-                .then(|| requests.iter().map(|(e, _)| e.clone()).collect());
-            let Some(moved) = self.try_append_batch(requests, keep.is_some(), lock.take()) else {
-                return;
-            };
-            let mut keep = keep.expect("kept when retrying");
-            if let Err(e) = self.refresh_head() {
-                for p in moved {
-                    let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
+        if requests.is_empty() {
+            return;
+        }
+        // On a shared store the whole batch (key look-ups, sequencing,
+        // signing, writing) happens under the log's head lock: no other
+        // process can extend the chain meanwhile.
+        let store = self.store.clone();
+        let acquired = match lock {
+            Some(l) => Ok(Some(l)),
+            None => store.lock_head(&self.config.name),
+        };
+        let lock = match acquired {
+            Ok(l) => l,
+            Err(e) => {
+                for (_, reply) in requests {
+                    let _ = reply.send(Err(AppendError::Unavailable(e.to_string())));
                 }
                 return;
             }
-            requests = moved
-                .into_iter()
-                .map(|p| (std::mem::take(&mut keep[p.request]), p.reply))
-                .collect();
+        };
+        if let Some(l) = &lock {
+            if !self.sequencer.is_at(l.head()) {
+                self.adopt_head(l.head());
+            }
         }
+        self.write_batch(requests, lock);
     }
 
     /// Reads the log's durable head from the store again (another process
@@ -1096,46 +1093,16 @@ impl Worker {
         v.checkpoint = head.latest_checkpoint.clone();
     }
 
-    /// One attempt of [`Worker::append_batch`]. With `retry`, a batch the
-    /// store refuses because its head moved is not answered: its pending
-    /// requests are returned to be planned again.
-    fn try_append_batch(
-        &mut self,
-        requests: Vec<Request>,
-        retry: bool,
-        held: Option<Box<dyn HeadLock + '_>>,
-    ) -> Option<Vec<Pending>> {
-        if requests.is_empty() {
-            return None;
-        }
-        // On a shared store the whole batch (key look-ups, sequencing,
-        // signing, writing) happens under the log's head lock: no other
-        // process can extend the chain meanwhile.
-        let store = self.store.clone();
-        let acquired = match held {
-            Some(l) => Ok(Some(l)),
-            None => store.lock_head(&self.config.name),
-        };
-        let lock = match acquired {
-            Ok(l) => l,
-            Err(e) => {
-                for (_, reply) in requests {
-                    let _ = reply.send(Err(AppendError::Unavailable(e.to_string())));
-                }
-                return None;
-            }
-        };
-        if let Some(l) = &lock {
-            if !self.sequencer.is_at(l.head()) {
-                self.adopt_head(l.head());
-            }
-        }
+    /// Plans, sequences, signs and writes a batch (under `lock` on a
+    /// shared store), then answers every request.
+    fn write_batch(&mut self, requests: Vec<Request>, lock: Option<Box<dyn HeadLock + '_>>) {
         let (fresh, pending) = self.plan(requests);
         if pending.is_empty() {
-            return None;
+            return;
         }
         // A duplicate beyond this process's head: another process appended
-        // it, so the head (and any key lookup against it) is stale.
+        // it, so the head is stale (under the head lock this cannot happen;
+        // a store that broke the lock is not written to).
         let size = self.sequencer.size();
         let stale = pending.iter().any(|p| {
             p.slots
@@ -1143,15 +1110,12 @@ impl Worker {
                 .any(|s| matches!(s, Slot::Duplicate { seq, .. } if *seq >= size))
         });
         if stale {
-            if retry {
-                return Some(pending);
-            }
             for p in pending {
                 let _ = p.reply.send(Err(AppendError::Unavailable(
                     "the log moved on in another process; retry".into(),
                 )));
             }
-            return None;
+            return;
         }
         let log = self.config.name.clone();
         let frontier = self.sequencer.frontier_nodes();
@@ -1184,7 +1148,7 @@ impl Worker {
                         .reply
                         .send(Err(AppendError::Unavailable("no checkpoint yet".into())));
                 }
-                return None;
+                return;
             };
             let size = self.sequencer.size();
             let proofs = prove(size, size, &sequencer::NodeMap::default());
@@ -1206,7 +1170,7 @@ impl Worker {
                             .reply
                             .send(Err(AppendError::Unavailable(format!("signing: {e}"))));
                     }
-                    return None;
+                    return;
                 }
             };
             batch.checkpoint = signed.clone();
@@ -1237,13 +1201,10 @@ impl Worker {
                 (written, prove(batch.first_seq, cp.size, &new_nodes))
             };
             if let Err(e) = written {
-                if retry && matches!(e, StoreError::HeadMoved { .. }) {
-                    return Some(pending);
-                }
                 for p in pending {
                     let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
                 }
-                return None;
+                return;
             }
             let ts = batch.entries[0].entry.timestamp_unix_nanos;
             let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
@@ -1272,7 +1233,7 @@ impl Worker {
                         "building proofs: {e}"
                     ))));
                 }
-                return None;
+                return;
             }
         };
         for p in pending {
@@ -1304,6 +1265,5 @@ impl Worker {
         if self.sequencer.segment_len() >= self.config.seal_max_entries {
             self.seal(SealReason::Size).ok();
         }
-        None
     }
 }
