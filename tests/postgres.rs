@@ -455,6 +455,23 @@ fn sql_tampering_is_detected_and_named() {
             report.findings
         );
     }
+    // The store itself refuses to serve a tampered row (the first case
+    // rewrote the payload of seq 2), and serves its neighbours.
+    {
+        use auditlog::store::postgres::PgStore;
+        use auditlog::store::{LogSpec, Store, StoreError};
+        let store = PgStore::connect(&pg.url("tampered0")).unwrap();
+        let spec = LogSpec {
+            name: "orders".into(),
+            origin: "audit.example.com/orders".into(),
+        };
+        store.open_log(&spec, 0).unwrap();
+        assert!(matches!(
+            store.entry("orders", 2),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(store.entry("orders", 3).unwrap().is_some());
+    }
     // A payload removed as the store removes it (state erased) is reported
     // and is not a failure.
     let url = pristine(&pg, "erased");
