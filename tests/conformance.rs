@@ -350,9 +350,65 @@ fn erasure_holds_and_evidence(m: &dyn Maker) {
     engine.shutdown();
 }
 
+fn limits_and_retention(m: &dyn Maker) {
+    const S: i64 = 1_000_000_000;
+    let clock = ManualClock::at(100 * S);
+    let mut policy = orders();
+    policy.seal_after = None;
+    policy.retention = Some(std::time::Duration::from_secs(30));
+    policy.retention_window = Some(std::time::Duration::from_secs(10));
+    let limits = Limits {
+        max_payload_bytes: 64,
+        ..Limits::default()
+    };
+    let engine = Engine::start(m.open(), signer(), vec![policy], limits, clock.clone()).unwrap();
+    // Limits: refused whole, nothing appended.
+    let big = input("order:1", &"x".repeat(65));
+    assert!(matches!(
+        engine.append_blocking("orders", vec![input("order:1", "ok"), big]),
+        Err(AppendError::TooLarge { entry: Some(1), .. })
+    ));
+    assert!(engine.checkpoint("orders").unwrap().is_none());
+    // Retention: entries of the window [100 s, 110 s) expire at 140 s,
+    // except those under a hold; their proofs still hold.
+    for i in 0..4 {
+        engine
+            .append_blocking("orders", vec![input(&format!("order:{}", i % 2), "p")])
+            .unwrap();
+    }
+    engine
+        .place_hold(Some("orders"), Some("order:1"), "case-2", "dispute", "test")
+        .unwrap();
+    clock.set(111 * S);
+    engine.close_windows_blocking("orders").unwrap();
+    clock.set(139 * S);
+    let early = engine.apply_retention(139 * S, false, "test").unwrap();
+    assert!(early.iter().all(|e| e.entries == 0), "{early:?}");
+    let done = engine.apply_retention(141 * S, false, "test").unwrap();
+    let orders_done = done.iter().find(|e| e.log == "orders").unwrap();
+    assert_eq!((orders_done.entries, orders_done.held), (2, 2));
+    let states: Vec<PayloadState> = (0..4)
+        .map(|seq| engine.entry("orders", seq, 0).unwrap().0.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            PayloadState::Expired,
+            PayloadState::Present,
+            PayloadState::Expired,
+            PayloadState::Present
+        ]
+    );
+    let (gone, proof, cp) = engine.entry("orders", 0, 0).unwrap();
+    let cp = open_cp(&cp, ORIGIN);
+    verify_inclusion::<Blake3>(0, cp.size, &gone.leaf_hash, &proof, &cp.root).unwrap();
+    engine.shutdown();
+}
+
 type Case = (&'static str, fn(&dyn Maker));
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
+    ("limits_and_retention", limits_and_retention),
     ("receipts_proofs_and_restart", receipts_proofs_and_restart),
     ("idempotency_and_atomicity", idempotency_and_atomicity),
     ("seals_and_checkpoints", seals_and_checkpoints),

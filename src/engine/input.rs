@@ -54,6 +54,28 @@ pub struct Limits {
     pub max_attribute_value_bytes: usize,
 }
 
+impl Limits {
+    /// These limits, raised where they are below the defaults: what the
+    /// server's own records (`_system`, `_access`) are held to, so a
+    /// configuration strict for clients never stops the server recording a
+    /// hold, an erasure plan or an access.
+    #[must_use]
+    pub fn at_least_default(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_payload_bytes: self.max_payload_bytes.max(d.max_payload_bytes),
+            max_request_bytes: self.max_request_bytes.max(d.max_request_bytes),
+            max_entries_per_request: self.max_entries_per_request.max(d.max_entries_per_request),
+            max_field_bytes: self.max_field_bytes.max(d.max_field_bytes),
+            max_attributes: self.max_attributes.max(d.max_attributes),
+            max_attribute_key_bytes: self.max_attribute_key_bytes.max(d.max_attribute_key_bytes),
+            max_attribute_value_bytes: self
+                .max_attribute_value_bytes
+                .max(d.max_attribute_value_bytes),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -265,7 +265,7 @@ impl Engine {
                 system: if is_system {
                     None
                 } else {
-                    system_tx.clone().map(|tx| (tx, limits.clone()))
+                    system_tx.clone().map(|tx| (tx, limits.at_least_default()))
                 },
             };
             let thread = std::thread::Builder::new()
@@ -353,7 +353,15 @@ impl Engine {
         let mut pool = vec![0u8; 32 * entries.len()];
         crate::keys::fill_random(&mut pool).map_err(|e| AppendError::Unavailable(e.to_string()))?;
         let mut salts = pool.chunks_exact(32);
-        let prepared = prepare(&self.limits, entries, |salt| {
+        // The server's own logs are held to at least the default limits.
+        let own;
+        let limits = if log.starts_with('_') {
+            own = self.limits.at_least_default();
+            &own
+        } else {
+            &self.limits
+        };
+        let prepared = prepare(limits, entries, |salt| {
             // Invariant: prepare draws exactly one salt per entry.
             salt.copy_from_slice(salts.next().expect("one salt per entry"));
         })?;
