@@ -29,6 +29,8 @@ use common::{chats, input, keyed, orders, signer, ManualClock};
 trait Maker {
     /// The store, opened again (a restart).
     fn open(&self) -> Arc<dyn Store>;
+    /// Verifies the whole store (closed) from what it holds.
+    fn verify(&self) -> auditlog::verify::Report;
 }
 
 struct EmbeddedMaker(tempfile::TempDir);
@@ -37,6 +39,9 @@ impl Maker for EmbeddedMaker {
     fn open(&self) -> Arc<dyn Store> {
         Arc::new(EmbeddedStore::open(self.0.path()).unwrap())
     }
+    fn verify(&self) -> auditlog::verify::Report {
+        auditlog::verify::store::verify_data_dir(self.0.path(), &[signer().verifier()]).unwrap()
+    }
 }
 
 struct PgMaker(String);
@@ -44,6 +49,9 @@ struct PgMaker(String);
 impl Maker for PgMaker {
     fn open(&self) -> Arc<dyn Store> {
         Arc::new(PgStore::connect(&self.0).unwrap())
+    }
+    fn verify(&self) -> auditlog::verify::Report {
+        auditlog::verify::postgres::verify_postgres(&self.0, &[signer().verifier()]).unwrap()
     }
 }
 
@@ -279,6 +287,11 @@ fn seals_and_checkpoints(m: &dyn Maker) {
     last.check_follows(prev.as_ref()).unwrap();
     assert_eq!((last.first_seq, last.end_seq), (9, 10));
     engine.shutdown();
+    drop(engine);
+    let report = m.verify();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    // orders: 4 seals; _system records each of them.
+    assert_eq!(report.seals_checked, 4);
 }
 
 fn erasure_holds_and_evidence(m: &dyn Maker) {
@@ -348,6 +361,19 @@ fn erasure_holds_and_evidence(m: &dyn Maker) {
         .remove_payloads("orders", &[4], PayloadState::Erased)
         .is_err());
     engine.shutdown();
+    drop(engine);
+    // The whole store verifies, the erased payloads reported.
+    let report = m.verify();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_eq!(report.seals_checked, 1);
+    assert_eq!(
+        report
+            .findings
+            .iter()
+            .filter(|f| f.verdict == Verdict::Erased && f.log == "orders")
+            .count(),
+        2
+    );
 }
 
 fn limits_and_retention(m: &dyn Maker) {
