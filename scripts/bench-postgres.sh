@@ -48,6 +48,8 @@ url="postgres://postgres@127.0.0.1:$port/auditlog"
 mkdir -p "$work/keys"
 "$BIN" keygen --name bench.example --out "$work/keys" >/dev/null
 
+# Starts server $1 in the background (in this shell, so its pid is ours to
+# stop) and appends its URL to `servers`.
 start_server() {
   local dir="$work/server-$1"
   mkdir -p "$dir"
@@ -56,7 +58,7 @@ start_server() {
   pids+=($!)
   for _ in $(seq 100); do
     if grep -q "listening on" "$dir/out"; then
-      sed -n 's/^listening on /http:\/\//p' "$dir/out"
+      servers+=("$(sed -n 's/^listening on /http:\/\//p' "$dir/out")")
       return
     fi
     sleep 0.1
@@ -67,7 +69,7 @@ start_server() {
 
 for n in 1 3; do
   servers=()
-  for i in $(seq "$n"); do servers+=("$(start_server "$n-$i")"); done
+  for i in $(seq "$n"); do start_server "$n-$i"; done
   also=()
   for s in "${servers[@]:1}"; do also+=(--also-server "$s"); done
   echo "== $n server(s) on one database"

@@ -736,3 +736,154 @@ fn a_colliding_posting_never_reaches_an_answer() {
         .is_empty());
     f.close();
 }
+
+/// A store whose seals always fail (a disk that refuses writes), counting
+/// how often a seal is tried.
+struct FailingSeals {
+    inner: Arc<auditlog::store::embedded::EmbeddedStore>,
+    seals: std::sync::atomic::AtomicU64,
+}
+
+impl Store for FailingSeals {
+    fn open_log(
+        &self,
+        spec: &auditlog::store::LogSpec,
+        now: i64,
+    ) -> Result<auditlog::store::LogHead, auditlog::store::StoreError> {
+        self.inner.open_log(spec, now)
+    }
+    fn logs(&self) -> Vec<String> {
+        self.inner.logs()
+    }
+    fn stored_logs(&self) -> Result<Vec<auditlog::store::LogSpec>, auditlog::store::StoreError> {
+        self.inner.stored_logs()
+    }
+    fn checkpoints_after(
+        &self,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, auditlog::store::StoreError> {
+        self.inner.checkpoints_after(log, after, limit)
+    }
+    fn append(
+        &self,
+        log: &str,
+        batch: &auditlog::store::Batch,
+    ) -> Result<(), auditlog::store::StoreError> {
+        self.inner.append(log, batch)
+    }
+    fn seal(&self, _: &str, _: &Seal, _: &str) -> Result<(), auditlog::store::StoreError> {
+        self.seals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(auditlog::store::StoreError::Index(
+            "disk refuses writes".into(),
+        ))
+    }
+    fn entry(
+        &self,
+        log: &str,
+        seq: u64,
+    ) -> Result<Option<auditlog::store::StoredEntry>, auditlog::store::StoreError> {
+        self.inner.entry(log, seq)
+    }
+    fn seq_by_idempotency_key(
+        &self,
+        log: &str,
+        key: &str,
+    ) -> Result<Option<u64>, auditlog::store::StoreError> {
+        self.inner.seq_by_idempotency_key(log, key)
+    }
+    fn seqs_by_subject(
+        &self,
+        log: &str,
+        subject: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, auditlog::store::StoreError> {
+        self.inner.seqs_by_subject(log, subject, from, limit)
+    }
+    fn seqs_by_actor(
+        &self,
+        log: &str,
+        actor: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, auditlog::store::StoreError> {
+        self.inner.seqs_by_actor(log, actor, from, limit)
+    }
+    fn seq_range_by_time(
+        &self,
+        log: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<std::ops::Range<u64>, auditlog::store::StoreError> {
+        self.inner.seq_range_by_time(log, since, until)
+    }
+    fn node(
+        &self,
+        log: &str,
+        id: auditlog::core::merkle::NodeId,
+    ) -> Result<auditlog::core::Hash, auditlog::core::merkle::NodeReadError> {
+        self.inner.node(log, id)
+    }
+    fn checkpoint_at(
+        &self,
+        log: &str,
+        size: u64,
+    ) -> Result<Option<String>, auditlog::store::StoreError> {
+        self.inner.checkpoint_at(log, size)
+    }
+    fn segments(
+        &self,
+        log: &str,
+    ) -> Result<Vec<auditlog::store::SegmentInfo>, auditlog::store::StoreError> {
+        self.inner.segments(log)
+    }
+    fn remove_payloads(
+        &self,
+        log: &str,
+        seqs: &[u64],
+        state: auditlog::store::PayloadState,
+    ) -> Result<auditlog::store::Removal, auditlog::store::StoreError> {
+        self.inner.remove_payloads(log, seqs, state)
+    }
+}
+
+#[test]
+fn a_timed_seal_that_keeps_failing_is_retried_not_spun_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FailingSeals {
+        inner: Arc::new(auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap()),
+        seals: Default::default(),
+    });
+    let mut cfg = orders();
+    cfg.seal_after = Some(std::time::Duration::from_secs(1));
+    let clock = ManualClock::at(1_000_000_000);
+    let engine = auditlog::engine::Engine::start(
+        store.clone(),
+        signer(),
+        vec![cfg],
+        Limits::default(),
+        clock.clone(),
+    )
+    .unwrap();
+    engine
+        .append_blocking("orders", vec![input("order:1", "p")])
+        .unwrap();
+    // The segment is due for sealing by age, and every seal fails.
+    clock.set(60_000_000_000);
+    engine
+        .append_blocking("orders", vec![input("order:1", "q")])
+        .unwrap();
+    thread::sleep(std::time::Duration::from_millis(2500));
+    let tries = store.seals.load(std::sync::atomic::Ordering::Relaxed);
+    // One try when due, then about one a second (a loop would make
+    // hundreds of thousands).
+    assert!((1..=10).contains(&tries), "{tries} seal attempts in 2.5 s");
+    // Appends still work meanwhile.
+    engine
+        .append_blocking("orders", vec![input("order:1", "r")])
+        .unwrap();
+    engine.shutdown();
+}

@@ -262,6 +262,7 @@ impl Engine {
                 config: config.clone(),
                 view: view.clone(),
                 checkpoint: head.latest_checkpoint,
+                timer_retry: None,
                 system: if is_system {
                     None
                 } else {
@@ -740,7 +741,13 @@ struct Worker {
     /// Where seals are recorded (the system log's queue), except for the
     /// system log itself.
     system: Option<(mpsc::Sender<Command>, Limits)>,
+    /// After a timed seal failed (store down, disk full): not before this,
+    /// so a seal that keeps failing is retried, not spun on.
+    timer_retry: Option<std::time::Instant>,
 }
+
+/// How long a failed timed seal waits before it is tried again.
+const TIMER_RETRY: Duration = Duration::from_secs(1);
 
 fn same_content(a: &EntryInput, b: &EntryInput) -> bool {
     a.subject == b.subject
@@ -781,7 +788,11 @@ impl Worker {
             let deadline = match (self.age_deadline(), self.window_deadline()) {
                 (Some(a), Some(w)) => Some(a.min(w)),
                 (a, w) => a.or(w),
-            };
+            }
+            .map(|d| match self.timer_retry {
+                Some(at) => d.max(at.saturating_duration_since(std::time::Instant::now())),
+                None => d,
+            });
             let first = match deadline {
                 Some(wait) => rx.recv_timeout(wait),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -789,10 +800,11 @@ impl Worker {
             let first = match first {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.close_windows();
+                    let mut ok = self.close_windows();
                     if self.age_deadline().is_some_and(|d| d.is_zero()) {
-                        self.seal(SealReason::Age).ok();
+                        ok &= self.seal(SealReason::Age).is_ok();
                     }
+                    self.timer_retry = (!ok).then(|| std::time::Instant::now() + TIMER_RETRY);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -866,17 +878,18 @@ impl Worker {
 
     /// Seals the open segment at the end of its window, and every window
     /// since (empty ones too), until the open segment's window holds now.
-    fn close_windows(&mut self) {
+    /// False when a seal failed (the store refused; appends will say why).
+    fn close_windows(&mut self) -> bool {
         while let Some(end) = self.window_end() {
             let now = self.clock.now().max(self.sequencer.last_timestamp());
             if now < end {
-                return;
+                return true;
             }
             if self.seal_at(end, SealReason::Window).is_err() {
-                // The store refused: appends will say why.
-                return;
+                return false;
             }
         }
+        true
     }
 
     fn seal(&mut self, reason: SealReason) -> Result<Option<Sealed>, AppendError> {

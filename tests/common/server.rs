@@ -71,7 +71,17 @@ impl Server {
         assert_eq!(send_sigterm(pid), 0);
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status:?}");
-        self.data
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
+    }
+}
+
+impl Drop for Server {
+    /// A test that fails before `stop` leaves no server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
