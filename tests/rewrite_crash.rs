@@ -196,7 +196,7 @@ async fn a_server_killed_at_any_step_of_an_erasure_restarts_whole() {
         let status = server.child.wait().unwrap();
         assert!(!status.success(), "{step}: {status:?}");
 
-        let server = start_in(server.data, Some(CHATS), &[]);
+        let server = start_in(server.into_data(), Some(CHATS), &[]);
         let mut c = server.client().await;
         let mut states = Vec::new();
         for seq in 0..6u64 {

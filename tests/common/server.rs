@@ -75,6 +75,17 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The data directory of a server that has exited (or is killed now).
+    pub fn into_data(mut self) -> tempfile::TempDir {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
+    }
+}
+
 impl Drop for Server {
     /// A test that fails before `stop` leaves no server running.
     fn drop(&mut self) {
