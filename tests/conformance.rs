@@ -11,7 +11,6 @@ mod common;
 use std::sync::Arc;
 
 use auditlog::bundle::{verify_bundle, Query};
-use auditlog::core::checkpoint::Checkpoint;
 use auditlog::core::hash::Blake3;
 use auditlog::core::merkle::{verify_consistency, verify_inclusion};
 use auditlog::core::seal::{Seal, SealReason};
@@ -23,7 +22,7 @@ use auditlog::store::postgres::PgStore;
 use auditlog::store::{PayloadState, Store};
 use auditlog::verify::Verdict;
 use common::pg::Pg;
-use common::{chats, input, keyed, orders, signer, ManualClock};
+use common::{chats, check_receipts, input, keyed, open_cp, orders, signer, ManualClock};
 
 /// Makes a fresh store for one case, and reopens it.
 trait Maker {
@@ -57,21 +56,6 @@ impl Maker for PgMaker {
 
 fn start(store: Arc<dyn Store>, logs: Vec<LogConfig>, clock: Arc<ManualClock>) -> Engine {
     Engine::start(store, signer(), logs, Limits::default(), clock).unwrap()
-}
-
-fn open_cp(signed: &str, origin: &str) -> Checkpoint {
-    Checkpoint::open(signed, &[signer().verifier()], Some(origin))
-        .unwrap()
-        .0
-}
-
-fn check_receipts(out: &AppendOutcome, origin: &str) {
-    let cp = open_cp(&out.checkpoint, origin);
-    assert_eq!(cp.size, out.tree_size);
-    for r in &out.receipts {
-        verify_inclusion::<Blake3>(r.seq, cp.size, &r.leaf_hash, &r.inclusion_proof, &cp.root)
-            .unwrap();
-    }
 }
 
 const ORIGIN: &str = "audit.example.com/orders";

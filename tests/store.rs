@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 
-use auditlog::core::checkpoint::Checkpoint;
 use auditlog::core::hash::Blake3;
 use auditlog::core::merkle::{proof_from_bytes, verify_consistency, verify_inclusion};
 use auditlog::core::seal::{Seal, SealReason};
@@ -16,21 +15,6 @@ use auditlog::engine::{AppendOutcome, LogConfig};
 use auditlog::store::Store;
 use auditlog::verify::store::verify_data_dir;
 use common::*;
-
-fn open_cp(signed: &str, origin: &str) -> Checkpoint {
-    Checkpoint::open(signed, &[signer().verifier()], Some(origin))
-        .unwrap()
-        .0
-}
-
-fn check_receipts(out: &AppendOutcome, origin: &str) {
-    let cp = open_cp(&out.checkpoint, origin);
-    assert_eq!(cp.size, out.tree_size);
-    for r in &out.receipts {
-        verify_inclusion::<Blake3>(r.seq, cp.size, &r.leaf_hash, &r.inclusion_proof, &cp.root)
-            .unwrap();
-    }
-}
 
 #[test]
 fn concurrent_appends_get_receipts_that_verify() {

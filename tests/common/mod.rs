@@ -102,3 +102,26 @@ impl Fixture {
         drop(self.store);
     }
 }
+
+/// Opens a checkpoint signed by the test key, for `origin`.
+pub fn open_cp(signed: &str, origin: &str) -> auditlog::core::Checkpoint {
+    auditlog::core::Checkpoint::open(signed, &[signer().verifier()], Some(origin))
+        .unwrap()
+        .0
+}
+
+/// Checks every receipt's proof against the answer's checkpoint.
+pub fn check_receipts(out: &auditlog::engine::AppendOutcome, origin: &str) {
+    let cp = open_cp(&out.checkpoint, origin);
+    assert_eq!(cp.size, out.tree_size);
+    for r in &out.receipts {
+        auditlog::core::merkle::verify_inclusion::<auditlog::core::Blake3>(
+            r.seq,
+            cp.size,
+            &r.leaf_hash,
+            &r.inclusion_proof,
+            &cp.root,
+        )
+        .unwrap();
+    }
+}
