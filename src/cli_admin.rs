@@ -77,6 +77,24 @@ pub enum HoldCommand {
     },
 }
 
+/// Where an administrative verb acts: a running server over gRPC, or the
+/// data directory of a stopped one (opened as `serve` opens it).
+#[derive(clap::Args)]
+pub struct AdminTarget {
+    /// Server URL (or use --data-dir on a stopped server).
+    #[arg(long, env = "AUDITLOG_SERVER", conflicts_with = "data_dir")]
+    server: Option<String>,
+    /// Data directory of a stopped server.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The server's configuration (logs, policies, store), with --data-dir.
+    #[arg(long, requires = "data_dir")]
+    config: Option<PathBuf>,
+    /// Signer key file, with --data-dir (default DATA/keys/signer.key).
+    #[arg(long, requires = "data_dir")]
+    key: Option<PathBuf>,
+}
+
 /// `auditlog retention ...`.
 #[derive(Subcommand)]
 pub enum RetentionCommand {
@@ -87,18 +105,9 @@ pub enum RetentionCommand {
     /// Example: auditlog retention apply --server http://127.0.0.1:50051 --dry-run
     ///          auditlog retention apply --data-dir /var/lib/auditlog --config auditlog.toml
     Apply {
-        /// Server URL (or use --data-dir on a stopped server).
-        #[arg(long, env = "AUDITLOG_SERVER", conflicts_with = "data_dir")]
-        server: Option<String>,
-        /// Data directory of a stopped server.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The server's configuration (logs and policies), with --data-dir.
-        #[arg(long, requires = "data_dir")]
-        config: Option<PathBuf>,
-        /// Signer key file, with --data-dir (default DATA/keys/signer.key).
-        #[arg(long, requires = "data_dir")]
-        key: Option<PathBuf>,
+        /// A running server, or a stopped server's data directory.
+        #[command(flatten)]
+        at: AdminTarget,
         /// Say what would be expired, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -251,10 +260,13 @@ fn expiry_json(logs: &[(String, u64, u64, u64, u64)], dry_run: bool) -> serde_js
 /// Connection, configuration, key and store failures.
 pub fn retention(cmd: RetentionCommand) -> Result<(), Box<dyn std::error::Error>> {
     let RetentionCommand::Apply {
-        server,
-        data_dir,
-        config,
-        key,
+        at:
+            AdminTarget {
+                server,
+                data_dir,
+                config,
+                key,
+            },
         dry_run,
         requested_by,
     } = cmd;
@@ -338,18 +350,9 @@ pub enum KeysCommand {
     /// Example: auditlog keys rotate --server https://audit.example.com:50051
     ///          auditlog keys rotate --data-dir /var/lib/auditlog (server stopped)
     Rotate {
-        /// Server URL (or use --data-dir on a stopped server).
-        #[arg(long, env = "AUDITLOG_SERVER", conflicts_with = "data_dir")]
-        server: Option<String>,
-        /// Data directory of a stopped server.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The server's configuration (logs and key), with --data-dir.
-        #[arg(long, requires = "data_dir")]
-        config: Option<PathBuf>,
-        /// Signer key file, with --data-dir (default DATA/keys/signer.key).
-        #[arg(long, requires = "data_dir")]
-        key: Option<PathBuf>,
+        /// A running server, or a stopped server's data directory.
+        #[command(flatten)]
+        at: AdminTarget,
         /// Who is acting (recorded in the system log).
         #[arg(long, env = "USER", default_value = "operator")]
         requested_by: String,
@@ -362,10 +365,13 @@ pub enum KeysCommand {
 /// Connection failures, gRPC statuses, key file or store errors.
 pub fn keys(cmd: KeysCommand) -> Result<(), Box<dyn std::error::Error>> {
     let KeysCommand::Rotate {
-        server,
-        data_dir,
-        config,
-        key,
+        at:
+            AdminTarget {
+                server,
+                data_dir,
+                config,
+                key,
+            },
         requested_by,
     } = cmd;
     let (from, to, seq) = match (server, data_dir) {

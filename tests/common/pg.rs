@@ -156,52 +156,31 @@ impl Pg {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Creates a database and returns its URL.
-    pub fn create_db(&self, db: &str) -> String {
-        let out = self.run(
-            "createdb",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                db,
-            ],
-        );
+    /// Runs a client tool (`createdb`, `psql`) against this server.
+    fn client(&self, tool: &str, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+        all.extend_from_slice(args);
+        let out = self.run(tool, &all);
         assert!(
             out.status.success(),
-            "createdb: {}",
+            "{tool} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        out
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn create_db(&self, db: &str) -> String {
+        self.client("createdb", &[db]);
         self.url(db)
     }
 
     /// Runs SQL with psql (for tampering tests): stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = self.run(
+        let out = self.client(
             "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-c",
-                sql,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            &["-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
         );
         String::from_utf8(out.stdout).unwrap()
     }
