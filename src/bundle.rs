@@ -265,6 +265,10 @@ pub struct BundleSummary {
     /// Entries that decoded (the verifier streams: it keeps no entry, so
     /// memory does not grow with the bundle).
     pub entries: u64,
+    /// What the bundle was exported for, from its header.
+    pub query: Option<Query>,
+    /// The trusted keys whose signatures on the checkpoint verified.
+    pub signed_by: Vec<VerifierKey>,
 }
 
 /// Verifies a bundle read from `input` with the trusted `keys`.
@@ -318,6 +322,7 @@ pub fn verify_bundle(
     };
     summary.log = header.log.clone();
     summary.origin = header.origin.clone();
+    summary.query = Some(header.query.clone());
     let log = header.log.clone();
 
     // Trust: the reviewer's keys, extended along signed key transitions
@@ -345,7 +350,19 @@ pub fn verify_bundle(
     let keys = &trust.keys[..];
 
     let cp = match Checkpoint::open(&header.checkpoint, keys, Some(&header.origin)) {
-        Ok((cp, _)) => cp,
+        Ok((cp, opened)) => {
+            summary.signed_by = keys
+                .iter()
+                .filter(|k| {
+                    opened
+                        .verified
+                        .iter()
+                        .any(|s| s.name == k.name() && s.key_id == k.key_id())
+                })
+                .cloned()
+                .collect();
+            cp
+        }
         Err(e) => {
             let v = checkpoint_verdict(&e);
             let detail = report.note_detail(v, &e, &header.checkpoint, keys);
@@ -828,6 +845,53 @@ fn check_entry(
     EntryCheck {
         decoded: Some((seq, leaf, entry.prev_leaf_hash)),
         findings,
+    }
+}
+
+/// One entry line of a bundle as a report shows it. Nothing here is
+/// verified: [`verify_bundle`] says what holds; this only reads.
+#[derive(Debug, Clone)]
+pub struct ShownEntry {
+    /// Line number in the bundle (the header is line 1).
+    pub line: usize,
+    /// The decoded entry, or why the line does not give one.
+    pub entry: Result<Entry, String>,
+    /// `payload_state` as written: "present", "erased", "expired" or
+    /// whatever the line claims.
+    pub payload_state: String,
+    /// The payload when the line carries one that decodes.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Reads the entry lines of a bundle in order, for display, calling `each`
+/// per entry line; other lines are skipped. Stops at the first line that
+/// cannot be read at all (too long, not UTF-8), as the verifier does.
+pub fn read_entries(input: impl BufRead, mut each: impl FnMut(ShownEntry)) {
+    let mut lines = BoundedLines { input, line: 0 };
+    // The header.
+    if !matches!(lines.next(), Some(Ok(_))) {
+        return;
+    }
+    while let Some(Ok(text)) = lines.next() {
+        let Ok(Line::Entry {
+            encoding,
+            payload_state,
+            payload,
+            ..
+        }) = serde_json::from_str::<Line>(&text)
+        else {
+            continue;
+        };
+        let entry = match unb64(&encoding) {
+            None => Err("the entry's encoding is not base64".to_owned()),
+            Some(b) => Entry::decode(&b).map_err(|e| format!("the entry does not decode: {e}")),
+        };
+        each(ShownEntry {
+            line: lines.line,
+            entry,
+            payload_state,
+            payload: payload.as_deref().and_then(unb64),
+        });
     }
 }
 

@@ -17,6 +17,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+pub mod report;
 pub mod rotation;
 pub mod serve;
 pub mod service;

@@ -168,6 +168,11 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Also write a self-contained HTML report of a bundle for a
+        /// reviewer: the verdict in plain words, the entries as a timeline
+        /// with each one's status, and how to check it again.
+        #[arg(long, value_name = "FILE", requires = "file")]
+        report: Option<PathBuf>,
     },
     /// Export an evidence bundle, or a subject's records as JSON or CSV.
     ///
@@ -384,7 +389,8 @@ fn main() -> ExitCode {
             store,
             since_checkpoint,
             json,
-        } => verify_command(file, &key, data_dir, store, since_checkpoint, json),
+            report,
+        } => verify_command(file, &key, data_dir, store, since_checkpoint, json, report),
         Command::Hold { cmd } => admin_exit("hold", cli_admin::hold(cmd)),
         Command::Erase {
             at,
@@ -647,6 +653,7 @@ fn verify_command(
     store: Option<String>,
     since_checkpoint: Option<PathBuf>,
     json: bool,
+    html_report: Option<PathBuf>,
 ) -> ExitCode {
     let usage = |m: String| {
         eprintln!("auditlog verify: {m}");
@@ -680,6 +687,12 @@ fn verify_command(
                 Err(e) => return usage(format!("{}: {e}", f.display())),
             };
             let (report, summary) = auditlog::bundle::verify_bundle(input, &keys, since.as_deref());
+            if let Some(out) = &html_report {
+                if let Err(e) = write_report(&f, key_files, &keys, &report, &summary, out) {
+                    print_verdict(&report, "bundle", json);
+                    return usage(format!("--report {}: {e}", out.display()));
+                }
+            }
             let size = summary.checkpoint.map(|c| c.size).unwrap_or(0);
             (
                 report,
@@ -696,6 +709,48 @@ fn verify_command(
         _ => return usage("give a bundle file, --data-dir or --store".into()),
     };
     print_verdict(&report, &what, json)
+}
+
+/// Writes the HTML report of a verified bundle (through a temporary file,
+/// so a failed write leaves no half page under the name asked for).
+fn write_report(
+    bundle: &std::path::Path,
+    key_files: &[PathBuf],
+    trusted: &[auditlog::core::note::VerifierKey],
+    report: &auditlog::verify::Report,
+    summary: &auditlog::bundle::BundleSummary,
+    out: &std::path::Path,
+) -> std::io::Result<()> {
+    use sha2::Digest as _;
+    let mut sha = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(bundle)?, &mut sha)?;
+    let sha = hex::encode(sha.finalize());
+    // The keys the reviewer gave, plus those followed through rotations.
+    let mut all = trusted.to_vec();
+    for (t, followed) in &report.transitions {
+        if *followed && !all.contains(&t.to) {
+            all.push(t.to.clone());
+        }
+    }
+    let key_files: Vec<String> = key_files.iter().map(|k| k.display().to_string()).collect();
+    let name = bundle.display().to_string();
+    let ctx = auditlog::report::ReportContext {
+        bundle_name: &name,
+        bundle_sha256: &sha,
+        key_files: &key_files,
+        trusted: &all,
+        report,
+        summary,
+        now_unix_nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
+    };
+    let tmp = out.with_extension("partial");
+    let input = std::io::BufReader::new(std::fs::File::open(bundle)?);
+    auditlog::report::write_html(input, &ctx, std::fs::File::create(&tmp)?)?;
+    std::fs::rename(&tmp, out)?;
+    eprintln!("auditlog verify: report written to {}", out.display());
+    Ok(())
 }
 
 /// Prints a verification report (one-line verdict, then findings) and
