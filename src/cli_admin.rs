@@ -270,6 +270,11 @@ pub fn retention(cmd: RetentionCommand) -> Result<(), Box<dyn std::error::Error>
         dry_run,
         requested_by,
     } = cmd;
+    let bar = auditlog::progress::spinner(if dry_run {
+        "planning retention"
+    } else {
+        "applying retention"
+    });
     let rows = match (server, data_dir) {
         (_, Some(dir)) => retention_offline(&dir, config.as_deref(), key, dry_run, &requested_by)?,
         (server, None) => runtime()?.block_on(async move {
@@ -290,6 +295,7 @@ pub fn retention(cmd: RetentionCommand) -> Result<(), Box<dyn std::error::Error>
             )
         })?,
     };
+    bar.finish_and_clear();
     println!(
         "{}",
         serde_json::to_string_pretty(&expiry_json(&rows, dry_run))?
@@ -503,11 +509,14 @@ pub fn export_records(
             .await?
             .into_inner();
         let mut entries = Vec::new();
+        let bar = auditlog::progress::spinner("entries found: 0");
         while let Some(r) = stream.message().await? {
             if let Some(e) = r.entry {
                 entries.push(record_json(&e));
+                bar.set_message(format!("entries found: {}", entries.len()));
             }
         }
+        bar.finish_and_clear();
         Ok::<_, Box<dyn std::error::Error>>(entries)
     })?;
     let n = entries.len() as u64;

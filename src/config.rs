@@ -10,6 +10,8 @@
 //! key = "/etc/auditlog/signer.key"
 //!
 //! retention_check_every = "1m"
+//! metrics_listen = "127.0.0.1:9100"   # Prometheus /metrics (off when absent)
+//! log_format = "json"                 # or "text" (default)
 //!
 //! [store]                 # default: the embedded store in data_dir
 //! kind = "postgres"
@@ -83,6 +85,10 @@ pub struct FileConfig {
     /// How long an AppendStream may stay silent before it is closed
     /// (`"60s"`).
     pub stream_idle_timeout: Option<String>,
+    /// Where `/metrics` is served (Prometheus text; off when absent).
+    pub metrics_listen: Option<String>,
+    /// `"text"` (default) or `"json"` log lines.
+    pub log_format: Option<String>,
     /// Logs.
     #[serde(default)]
     pub log: Vec<LogSection>,
@@ -269,6 +275,10 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Mutual TLS: CA whose client certificates are required (PEM).
     pub tls_client_ca: Option<PathBuf>,
+    /// Where `/metrics` is served (`None`: not served).
+    pub metrics_listen: Option<String>,
+    /// How the server writes its log lines.
+    pub log_format: crate::logging::LogFormat,
     /// Logs.
     pub logs: Vec<LogConfig>,
 }
@@ -543,9 +553,17 @@ impl FileConfig {
                 }
             },
         };
+        let log_format = match &self.log_format {
+            None => crate::logging::LogFormat::default(),
+            Some(f) => {
+                crate::logging::LogFormat::parse(f).map_err(|e| bad(format!("log_format: {e}")))?
+            }
+        };
         Ok(Config {
             store,
             stream_idle_timeout,
+            metrics_listen: self.metrics_listen,
+            log_format,
             insecure_no_auth: false,
             tls: None,
             tls_client_ca: None,

@@ -17,6 +17,9 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+pub mod logging;
+pub mod metrics;
+pub mod progress;
 pub mod report;
 pub mod rotation;
 pub mod serve;

@@ -80,6 +80,15 @@ enum Command {
         /// Require client certificates signed by this CA (PEM): mutual TLS.
         #[arg(long, requires = "tls_cert", env = "AUDITLOG_TLS_CLIENT_CA")]
         tls_client_ca: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9100; port 0 picks one). Off unless given here or as
+        /// metrics_listen in the config.
+        #[arg(long, env = "AUDITLOG_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<String>,
+        /// Log lines as human-readable text (default) or one JSON object
+        /// per line (json). The level comes from AUDITLOG_LOG_LEVEL.
+        #[arg(long, env = "AUDITLOG_LOG_FORMAT", value_parser = auditlog::logging::LogFormat::parse)]
+        log_format: Option<auditlog::logging::LogFormat>,
     },
     /// Signing keys: rotate the server's key.
     Keys {
@@ -506,6 +515,8 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            metrics_listen,
+            log_format,
         } => {
             let file = match config {
                 Some(path) => match auditlog::config::FileConfig::load(&path) {
@@ -539,6 +550,13 @@ fn main() -> ExitCode {
             cfg.insecure_no_auth = insecure_no_auth;
             cfg.tls = tls_cert.zip(tls_key);
             cfg.tls_client_ca = tls_client_ca;
+            if metrics_listen.is_some() {
+                cfg.metrics_listen = metrics_listen;
+            }
+            if let Some(f) = log_format {
+                cfg.log_format = f;
+            }
+            auditlog::logging::init(cfg.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -671,7 +689,10 @@ fn verify_command(
         Err(e) => return usage(format!("--since-checkpoint: {e}")),
     };
     if let Some(url) = store {
-        return match auditlog::verify::postgres::verify_postgres(&url, &keys) {
+        let bar = auditlog::progress::spinner("verifying the PostgreSQL store");
+        let r = auditlog::verify::postgres::verify_postgres(&url, &keys);
+        bar.finish_and_clear();
+        return match r {
             Ok(r) => print_verdict(
                 &r,
                 &format!("PostgreSQL store {}", auditlog::serve::redact(&url)),
@@ -682,11 +703,15 @@ fn verify_command(
     }
     let (report, what) = match (file, data_dir) {
         (Some(f), None) => {
-            let input = match std::fs::File::open(&f) {
-                Ok(x) => std::io::BufReader::new(x),
+            let file = match std::fs::File::open(&f) {
+                Ok(x) => x,
                 Err(e) => return usage(format!("{}: {e}", f.display())),
             };
+            let len = file.metadata().map_or(0, |m| m.len());
+            let bar = auditlog::progress::bytes(len, "verifying");
+            let input = std::io::BufReader::with_capacity(1 << 20, bar.wrap_read(file));
             let (report, summary) = auditlog::bundle::verify_bundle(input, &keys, since.as_deref());
+            bar.finish_and_clear();
             if let Some(out) = &html_report {
                 if let Err(e) = write_report(&f, key_files, &keys, &report, &summary, out) {
                     print_verdict(&report, "bundle", json);
@@ -702,10 +727,15 @@ fn verify_command(
                 ),
             )
         }
-        (None, Some(d)) => match auditlog::verify::store::verify_data_dir(&d, &keys) {
-            Ok(r) => (r, format!("data directory {}", d.display())),
-            Err(e) => return usage(format!("{}: {e}", d.display())),
-        },
+        (None, Some(d)) => {
+            let bar = auditlog::progress::spinner("verifying the data directory");
+            let verified = auditlog::verify::store::verify_data_dir(&d, &keys);
+            bar.finish_and_clear();
+            match verified {
+                Ok(r) => (r, format!("data directory {}", d.display())),
+                Err(e) => return usage(format!("{}: {e}", d.display())),
+            }
+        }
         _ => return usage("give a bundle file, --data-dir or --store".into()),
     };
     print_verdict(&report, &what, json)
@@ -828,20 +858,28 @@ fn print_verdict(report: &auditlog::verify::Report, what: &str, json: bool) -> E
 }
 
 fn copy_command(from: &str, to: &str) -> ExitCode {
-    use std::io::IsTerminal;
     let run = || -> Result<Vec<auditlog::copy::CopiedLog>, auditlog::copy::CopyError> {
         let src = auditlog::copy::open_location(from, true)?;
         let dst = auditlog::copy::open_location(to, false)?;
-        let tty = std::io::stderr().is_terminal();
-        auditlog::copy::copy_store(src.as_ref(), dst.as_ref(), |log, done, total| {
-            if tty {
-                eprint!("\r{log}: {done}/{total} entries");
+        let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+        let copied = auditlog::copy::copy_store(src.as_ref(), dst.as_ref(), |log, done, total| {
+            if bar.as_ref().is_none_or(|(l, _)| l != log) {
+                if let Some((_, b)) = bar.take() {
+                    b.finish_and_clear();
+                }
+                bar = Some((log.to_owned(), auditlog::progress::count(total, log)));
             }
-        })
+            if let Some((_, b)) = &bar {
+                b.set_position(done);
+            }
+        });
+        if let Some((_, b)) = bar {
+            b.finish_and_clear();
+        }
+        copied
     };
     match run() {
         Ok(logs) => {
-            eprintln!();
             for l in &logs {
                 if l.already_there {
                     println!("{}: already there, skipped", l.log);
@@ -888,10 +926,13 @@ fn export_command(
         let tmp = out.with_extension("partial");
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let mut n = 0u64;
+        let bar = auditlog::progress::stream("exporting");
         while let Some(chunk) = stream.message().await? {
             n += chunk.data.len() as u64;
+            bar.set_position(n);
             f.write_all(&chunk.data)?;
         }
+        bar.finish_and_clear();
         f.flush()?;
         drop(f);
         std::fs::rename(&tmp, &out)?;

@@ -147,14 +147,16 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .map_err(|e| format!("--listen {:?}: {e}", config.listen))?;
     if config.tokens.is_empty() {
         if addr.ip().is_loopback() {
-            eprintln!(
-                "auditlog: WARNING: no [[token]] configured: the server is OPEN to anyone who \
-                 can connect to {addr} (loopback only). Create tokens with `auditlog token create`."
+            tracing::warn!(
+                %addr,
+                "no [[token]] configured: the server is OPEN to anyone who can connect to \
+                 {addr} (loopback only). Create tokens with `auditlog token create`."
             );
         } else if config.insecure_no_auth {
-            eprintln!(
-                "auditlog: WARNING: --insecure-no-auth: serving {addr} with NO authentication: \
-                 anyone who can connect may read, export, erase and administer everything."
+            tracing::warn!(
+                %addr,
+                "--insecure-no-auth: serving {addr} with NO authentication: anyone who can \
+                 connect may read, export, erase and administer everything."
             );
         } else {
             return Err(format!(
@@ -173,32 +175,40 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         recovery,
     } = open(&config, true)?;
     if let Some(v) = created {
-        eprintln!(
-            "auditlog: created a signing key; its public key is in {}",
+        tracing::info!(
+            verifier_file = %v.display(),
+            "created a signing key; its public key is in {}",
             v.display()
         );
     }
     match recovery {
         Recovery::None => {}
-        Recovery::Abandoned(k) => eprintln!(
-            "auditlog: removed the staged key {} of a key rotation that never completed",
-            k.to_text()
+        Recovery::Abandoned(k) => tracing::warn!(
+            key = %k.to_text(),
+            "removed the staged key of a key rotation that never completed"
         ),
-        Recovery::Finished(k) => eprintln!(
-            "auditlog: finished an interrupted key rotation: now signing with {}",
-            k.to_text()
+        Recovery::Finished(k) => tracing::warn!(
+            key = %k.to_text(),
+            "finished an interrupted key rotation: now signing with the new key"
         ),
     }
-    eprintln!("auditlog: verifier key {}", engine.verifier().to_text());
+    tracing::info!(
+        verifier = %engine.verifier().to_text(),
+        "verifier key {}",
+        engine.verifier().to_text()
+    );
     for r in store.iter().flat_map(|s| s.take_recoveries()) {
-        eprintln!(
-            "auditlog: recovered log {}: cut {} bytes ({} unacknowledged entries) from {} at byte {}{}",
+        tracing::warn!(
+            log = %r.log,
+            bytes_cut = r.bytes_cut,
+            entries_cut = r.entries_cut,
+            file = %r.file.display(),
+            cut_at = r.cut_at,
+            reason = r.reason.as_deref().unwrap_or(""),
+            "recovered log {}: cut a torn tail of {} bytes ({} unacknowledged entries)",
             r.log,
             r.bytes_cut,
-            r.entries_cut,
-            r.file.display(),
-            r.cut_at,
-            r.reason.map(|x| format!(": {x}")).unwrap_or_default()
+            r.entries_cut
         );
     }
 
@@ -217,14 +227,20 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
                 match run {
                     Ok(Ok(logs)) => {
                         for l in logs.iter().filter(|l| l.entries > 0) {
-                            eprintln!(
-                                "auditlog: retention expired {} entries in {} segment(s) of {} ({} bytes; {} held)",
-                                l.entries, l.segments, l.log, l.bytes, l.held
+                            tracing::info!(
+                                log = %l.log,
+                                entries = l.entries,
+                                segments = l.segments,
+                                bytes = l.bytes,
+                                held = l.held,
+                                "retention expired {} entries of {}",
+                                l.entries,
+                                l.log
                             );
                         }
                     }
-                    Ok(Err(e)) => eprintln!("auditlog: retention: {e}"),
-                    Err(e) => eprintln!("auditlog: retention job: {e}"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+                    Err(e) => tracing::error!(error = %e, "retention job failed"),
                 }
             }
         })
@@ -256,12 +272,41 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         StoreKind::Embedded => config.data_dir.display().to_string(),
         StoreKind::Postgres(url) => format!("PostgreSQL {}", redact(url)),
     };
-    eprintln!(
-        "auditlog: serving {} log(s) from {from} on {local}",
+    let metrics = match &config.metrics_listen {
+        None => None,
+        Some(a) => {
+            let addr: SocketAddr = a
+                .parse()
+                .map_err(|e| format!("--metrics-listen {a:?}: {e}"))?;
+            let refresh: Arc<dyn Fn() + Send + Sync> = {
+                let engine = engine.clone();
+                Arc::new(move || {
+                    for c in engine.logs() {
+                        let h = engine.store().health(&c.name);
+                        let size = engine.tree_size(&c.name);
+                        crate::metrics::global().log_state(&c.name, size, h.index_lag, h.refused);
+                    }
+                })
+            };
+            let (bound, task) = crate::metrics::serve(addr, refresh)
+                .await
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            tracing::info!(metrics = %bound, "metrics at http://{bound}/metrics");
+            Some((bound, task))
+        }
+    };
+    tracing::info!(
+        logs = config.logs.len(),
+        from = %from,
+        addr = %local,
+        "serving {} log(s) from {from} on {local}",
         config.logs.len()
     );
     // Machine-readable line for scripts and tests that pass port 0.
     println!("listening on {local}");
+    if let Some((bound, _)) = &metrics {
+        println!("metrics on {bound}");
+    }
 
     // Hostile clients: bounded streams per connection and in flight per
     // connection, dead peers found by keepalive.
@@ -284,8 +329,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         builder = builder
             .tls_config(tls)
             .map_err(|e| format!("TLS configuration: {e}"))?;
-        eprintln!(
-            "auditlog: TLS on{}",
+        tracing::info!(
+            client_certificates = config.tls_client_ca.is_some(),
+            "TLS on{}",
             if config.tls_client_ca.is_some() {
                 ", client certificates required"
             } else {
@@ -308,12 +354,15 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .await?;
 
     retention_job.abort();
-    eprintln!("auditlog: draining queued appends");
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
+    tracing::info!("draining queued appends");
     let engine_for_stop = engine.clone();
     tokio::task::spawn_blocking(move || engine_for_stop.shutdown()).await?;
     drop(engine);
     drop(store);
-    eprintln!("auditlog: stopped cleanly");
+    tracing::info!("stopped cleanly");
     Ok(())
 }
 

@@ -286,6 +286,11 @@ fn verify_response(report: crate::verify::Report) -> proto::VerifyResponse {
     }
 }
 
+/// True for the verdict codes that are not failures (ERASED, EXPIRED).
+fn informational(code: &str) -> bool {
+    matches!(code, "VALID" | "ERASED" | "EXPIRED")
+}
+
 fn to_hold(h: Hold) -> proto::Hold {
     proto::Hold {
         id: h.id,
@@ -1012,6 +1017,39 @@ impl AuditLog for Service {
 
 impl Service {
     async fn verify_inner(
+        &self,
+        r: proto::VerifyRequest,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let log = r.log.clone();
+        let answer = self.verify_run(r).await;
+        let failures = answer.as_ref().ok().map(|a| {
+            a.get_ref()
+                .findings
+                .iter()
+                .filter(|f| !informational(&f.code))
+                .count()
+        });
+        crate::metrics::global().verified(failures);
+        match (&answer, failures) {
+            (Ok(a), Some(0)) => tracing::info!(
+                log = %log,
+                entries = a.get_ref().entries_checked,
+                "verify: valid"
+            ),
+            (Ok(a), Some(n)) => tracing::warn!(
+                log = %log,
+                entries = a.get_ref().entries_checked,
+                failures = n,
+                first = a.get_ref().findings.iter().find(|f| !informational(&f.code)).map(|f| f.code.as_str()).unwrap_or(""),
+                "verify: INVALID, {n} problem(s)"
+            ),
+            (Err(e), _) => tracing::warn!(log = %log, error = %e.message(), "verify could not run"),
+            _ => {}
+        }
+        answer
+    }
+
+    async fn verify_run(
         &self,
         r: proto::VerifyRequest,
     ) -> Result<Response<proto::VerifyResponse>, Status> {

@@ -401,3 +401,51 @@ fn run_checker(page: &Path, expect: &serde_json::Value) -> Option<(i32, String)>
     assert_ne!(code, 2, "Chromium did not start: {text}");
     Some((code, text))
 }
+
+/// Long runs show progress on a terminal (here a pseudo-terminal made by
+/// util-linux `script`) and print nothing extra when piped.
+#[test]
+fn verify_shows_progress_on_a_terminal_and_nowhere_else() {
+    let ev = evidence();
+    let exe = env!("CARGO_BIN_EXE_auditlog");
+    let piped = Command::new(exe)
+        .arg("verify")
+        .arg(&ev.bundle)
+        .arg("--key")
+        .arg(&ev.key)
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(0));
+    assert!(
+        piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let stdout = String::from_utf8(piped.stdout).unwrap();
+    assert!(
+        stdout.starts_with("VALID: ") && !stdout.contains('\r'),
+        "{stdout}"
+    );
+
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: the terminal half needs util-linux `script`");
+        return;
+    }
+    let cmd = format!(
+        "{exe} verify '{}' --key '{}'",
+        ev.bundle.display(),
+        ev.key.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("AUDITLOG_NO_PROGRESS")
+        .output()
+        .unwrap();
+    assert_eq!(tty.status.code(), Some(0));
+    let seen = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        seen.contains("verifying ["),
+        "no progress bar on a terminal: {seen:?}"
+    );
+    assert!(seen.contains("VALID: "), "{seen:?}");
+}

@@ -361,6 +361,13 @@ impl Engine {
             .write()
             .expect("transitions lock")
             .push((t.clone(), signed.clone()));
+        tracing::warn!(
+            from = %t.from.to_text(),
+            to = %t.to.to_text(),
+            by,
+            system_seq,
+            "signing key rotated"
+        );
         Ok(RotatedKey {
             from: t.from,
             to: t.to,
@@ -445,6 +452,14 @@ impl Engine {
             .write()
             .expect("holds lock")
             .insert(hold.id.clone(), hold.clone());
+        tracing::info!(
+            id = %hold.id,
+            log = hold.log.as_deref().unwrap_or("*"),
+            subject = hold.subject.as_deref().unwrap_or("*"),
+            case = %hold.case_id,
+            by,
+            "legal hold placed"
+        );
         Ok(hold)
     }
 
@@ -469,6 +484,7 @@ impl Engine {
             &json!({ "id": id, "case_id": hold.case_id, "reason": reason }),
         ))?;
         self.admin.holds.write().expect("holds lock").remove(id);
+        tracing::info!(id, case = %hold.case_id, by, "legal hold released");
         Ok(hold)
     }
 
@@ -562,7 +578,20 @@ impl Engine {
                         .remove_payloads(&answer.log, &targets, PayloadState::Erased)?;
                 answer.erased = removal.entries;
                 answer.bytes = removal.bytes;
+                crate::metrics::global().erased(&answer.log, removal.entries, removal.bytes);
             }
+            tracing::info!(
+                log = %answer.log,
+                what,
+                matched = answer.matched,
+                erased = answer.erased,
+                refused = answer.refused,
+                bytes = answer.bytes,
+                by,
+                "erasure: {} of {} entries erased",
+                answer.erased,
+                answer.matched
+            );
             answers.push(answer);
         }
         Ok(answers)
@@ -708,6 +737,7 @@ impl Engine {
                 out[i].segments += removal.segments;
                 out[i].entries += removal.entries;
                 out[i].bytes += removal.bytes;
+                crate::metrics::global().expired(&log, removal.entries, removal.bytes);
             }
             if complete {
                 self.admin

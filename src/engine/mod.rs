@@ -171,7 +171,7 @@ pub enum ReadError {
 enum Command {
     Append {
         entries: Vec<PreparedEntry>,
-        reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+        reply: Reply,
     },
     Seal {
         reason: SealReason,
@@ -189,6 +189,7 @@ struct LogView {
 
 struct LogRuntime {
     config: LogConfig,
+    metrics: Arc<crate::metrics::LogMetrics>,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     view: Arc<RwLock<LogView>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -238,7 +239,7 @@ impl Engine {
         // The system log first: the others send it their seals.
         configs.sort_by_key(|c| c.name != admin::SYSTEM_LOG);
         let mut logs = HashMap::new();
-        let mut system_tx: Option<mpsc::Sender<Command>> = None;
+        let mut system_tx: Option<(mpsc::Sender<Command>, Arc<crate::metrics::LogMetrics>)> = None;
         for config in configs {
             let spec = LogSpec {
                 name: config.name.clone(),
@@ -250,9 +251,10 @@ impl Engine {
                 checkpoint: head.latest_checkpoint.clone(),
             }));
             let (tx, rx) = mpsc::channel();
+            let metrics = crate::metrics::global().log(&config.name);
             let is_system = config.name == admin::SYSTEM_LOG;
             if is_system {
-                system_tx = Some(tx.clone());
+                system_tx = Some((tx.clone(), metrics.clone()));
             }
             let mut worker = Worker {
                 sequencer: Sequencer::from_head(&config.origin, &head),
@@ -266,8 +268,12 @@ impl Engine {
                 system: if is_system {
                     None
                 } else {
-                    system_tx.clone().map(|tx| (tx, limits.at_least_default()))
+                    system_tx
+                        .clone()
+                        .map(|(tx, m)| (tx, limits.at_least_default(), m))
                 },
+                metrics: metrics.clone(),
+                last_failure: None,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("seq-{}", config.name))
@@ -280,6 +286,7 @@ impl Engine {
                 config.name.clone(),
                 LogRuntime {
                     config,
+                    metrics,
                     tx: Mutex::new(Some(tx)),
                     view,
                     thread: Mutex::new(Some(thread)),
@@ -347,9 +354,9 @@ impl Engine {
         log: &str,
         entries: Vec<EntryInput>,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, AppendError>>, AppendError> {
-        if !self.logs.contains_key(log) {
+        let Some(rt) = self.logs.get(log) else {
             return Err(AppendError::UnknownLog(log.to_owned()));
-        }
+        };
         // One system call for every salt of the request.
         let mut pool = vec![0u8; 32 * entries.len()];
         crate::keys::fill_random(&mut pool).map_err(|e| AppendError::Unavailable(e.to_string()))?;
@@ -365,8 +372,9 @@ impl Engine {
         let prepared = prepare(limits, entries, |salt| {
             // Invariant: prepare draws exactly one salt per entry.
             salt.copy_from_slice(salts.next().expect("one salt per entry"));
-        })?;
-        let (reply, rx) = oneshot::channel();
+        })
+        .inspect_err(|e| rt.metrics.refused(e))?;
+        let (reply, rx) = Reply::new(rt.metrics.clone());
         self.send(
             log,
             Command::Append {
@@ -445,6 +453,14 @@ impl Engine {
         self.send(log, Command::Tick { reply })?;
         rx.blocking_recv()
             .map_err(|_| AppendError::Unavailable("sequencer stopped".into()))
+    }
+
+    /// The size this process last made durable for `log` (0 for an
+    /// unknown log); cheap, for metrics.
+    pub fn tree_size(&self, log: &str) -> u64 {
+        self.logs
+            .get(log)
+            .map_or(0, |rt| rt.view.read().expect("view lock").size)
     }
 
     fn view(&self, log: &str) -> Result<LogView, ReadError> {
@@ -712,7 +728,38 @@ impl Drop for Engine {
     }
 }
 
-type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+/// Where a request's answer goes; answering it also counts it and times
+/// it from its arrival (`auditlog_append_latency_seconds`).
+struct Reply {
+    tx: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    queued: std::time::Instant,
+    metrics: Arc<crate::metrics::LogMetrics>,
+}
+
+impl Reply {
+    fn new(
+        metrics: Arc<crate::metrics::LogMetrics>,
+    ) -> (Reply, oneshot::Receiver<Result<AppendOutcome, AppendError>>) {
+        let (tx, rx) = oneshot::channel();
+        let queued = std::time::Instant::now();
+        (
+            Reply {
+                tx,
+                queued,
+                metrics,
+            },
+            rx,
+        )
+    }
+
+    fn send(
+        self,
+        r: Result<AppendOutcome, AppendError>,
+    ) -> Result<(), Result<AppendOutcome, AppendError>> {
+        self.metrics.answered(self.queued, &r);
+        self.tx.send(r)
+    }
+}
 type Request = (Vec<PreparedEntry>, Reply);
 
 /// What one entry of a request becomes.
@@ -740,7 +787,15 @@ struct Worker {
     checkpoint: Option<String>,
     /// Where seals are recorded (the system log's queue), except for the
     /// system log itself.
-    system: Option<(mpsc::Sender<Command>, Limits)>,
+    system: Option<(
+        mpsc::Sender<Command>,
+        Limits,
+        Arc<crate::metrics::LogMetrics>,
+    )>,
+    /// This log's append-path metrics.
+    metrics: Arc<crate::metrics::LogMetrics>,
+    /// The last store failure logged (logged again only when it changes).
+    last_failure: Option<String>,
     /// After a timed seal failed (store down, disk full): not before this,
     /// so a seal that keeps failing is retried, not spun on.
     timer_retry: Option<std::time::Instant>,
@@ -934,6 +989,8 @@ impl Worker {
             None => store.seal(&self.config.name, &seal, &signed),
         };
         if let Err(e) = written {
+            crate::metrics::global().seal_failed(&self.config.name);
+            tracing::warn!(log = %self.config.name, reason = reason.as_str(), error = %e, "seal failed");
             // Another process sealed or appended first: take the head it
             // left (the next timer or request seals again if due).
             if self.store.shared() {
@@ -942,7 +999,18 @@ impl Worker {
             return Err(AppendError::Unavailable(e.to_string()));
         }
         self.sequencer.commit(next);
-        if let Some((tx, limits)) = &self.system {
+        crate::metrics::global().sealed(&self.config.name, reason.as_str());
+        tracing::info!(
+            log = %self.config.name,
+            segment = seal.segment,
+            first_seq = seal.first_seq,
+            end_seq = seal.end_seq,
+            reason = reason.as_str(),
+            "sealed segment {} of {}",
+            seal.segment,
+            self.config.name
+        );
+        if let Some((tx, limits, metrics)) = &self.system {
             // Best effort: the seal itself is durable in this log's chain;
             // the system entry is its entry in the administration record.
             let entry = admin::seal_entry(&self.config.name, &seal);
@@ -953,7 +1021,7 @@ impl Worker {
                 }
             }) {
                 if salt_err.is_none() {
-                    let (reply, _) = oneshot::channel();
+                    let (reply, _) = Reply::new(metrics.clone());
                     let _ = tx.send(Command::Append {
                         entries: prepared,
                         reply,
@@ -1200,11 +1268,15 @@ impl Worker {
             // (A thread per batch costs tens of microseconds: only worth it
             // when the proofs take longer than that.)
             let store = &self.store;
+            let started = std::time::Instant::now();
             let (written, proofs) = if batch.entries.len() >= OVERLAP_PROOFS_FROM {
                 std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| match lock {
-                        Some(l) => l.append(&batch),
-                        None => store.append(&log, &batch),
+                    let writer = scope.spawn(|| {
+                        match lock {
+                            Some(l) => l.append(&batch),
+                            None => store.append(&log, &batch),
+                        }
+                        .map(|()| started.elapsed())
                     });
                     let proofs = prove(batch.first_seq, cp.size, &new_nodes);
                     let written = writer.join().unwrap_or_else(|_| {
@@ -1219,14 +1291,32 @@ impl Worker {
                     Some(l) => l.append(&batch),
                     None => store.append(&log, &batch),
                 };
-                (written, prove(batch.first_seq, cp.size, &new_nodes))
+                let write_time = started.elapsed();
+                (
+                    written.map(|()| write_time),
+                    prove(batch.first_seq, cp.size, &new_nodes),
+                )
             };
-            if let Err(e) = written {
-                for p in pending {
-                    let _ = p.reply.send(Err(AppendError::Unavailable(e.to_string())));
+            let write_time = match written {
+                Ok(t) => t,
+                Err(e) => {
+                    let message = e.to_string();
+                    // Once per distinct failure, not once per batch.
+                    if self.last_failure.as_deref() != Some(message.as_str()) {
+                        tracing::error!(log = %log, error = %message, "appends failing: the store did not make a batch durable");
+                        self.last_failure = Some(message.clone());
+                    }
+                    for p in pending {
+                        let _ = p.reply.send(Err(AppendError::Unavailable(message.clone())));
+                    }
+                    return;
                 }
-                return;
+            };
+            if self.last_failure.take().is_some() {
+                tracing::info!(log = %log, "appends succeed again");
             }
+            let bytes = batch.entries.iter().map(|e| e.entry.payload_len).sum();
+            self.metrics.batch(batch.entries.len(), bytes, write_time);
             let ts = batch.entries[0].entry.timestamp_unix_nanos;
             let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
             (

@@ -1198,6 +1198,21 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn health(&self, log: &str) -> super::LogHealth {
+        let Ok(files) = self.log(log) else {
+            return super::LogHealth::default();
+        };
+        let (size, refused) = {
+            let st = files.state.lock().expect("log state lock");
+            (st.size, st.refused.is_some())
+        };
+        let keyed = files.progress.0.lock().expect("progress lock").keyed_size;
+        super::LogHealth {
+            index_lag: Some(size.saturating_sub(keyed)),
+            refused,
+        }
+    }
+
     fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError> {
         let files = self.log(log)?;
         self.wait_keyed(&files)?;

@@ -128,6 +128,15 @@ pub struct SegmentInfo {
     pub seal: Option<String>,
 }
 
+/// See [`Store::health`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogHealth {
+    /// Durable entries not yet in the derived index.
+    pub index_lag: Option<u64>,
+    /// The store refuses the log (corruption found).
+    pub refused: bool,
+}
+
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -349,6 +358,13 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Index failure.
     fn segments(&self, log: &str) -> Result<Vec<SegmentInfo>, StoreError>;
+
+    /// The state of a log's derived data, for metrics: durable entries the
+    /// keyed index has not caught up with (`None`: the store keeps no
+    /// separate index), and whether the store refuses the log.
+    fn health(&self, _log: &str) -> LogHealth {
+        LogHealth::default()
+    }
 
     /// Physically removes the payloads and salts of `seqs` (entries of
     /// sealed segments), leaving them in `state` (erased or expired) with

@@ -543,7 +543,9 @@ impl SegmentWriter {
     pub fn write_and_sync(&mut self, framed: &[u8]) -> io::Result<()> {
         self.file.write_all(framed)?;
         self.file.flush()?;
+        let started = std::time::Instant::now();
         self.file.get_ref().sync_data()?;
+        crate::metrics::global().fsync(started.elapsed());
         self.len += framed.len() as u64;
         Ok(())
     }
