@@ -1,5 +1,6 @@
 //! Core benchmarks: encoding + leaf hash, Merkle append, proofs at 1M
-//! leaves, checkpoint signing and opening.
+//! leaves, checkpoint signing and opening, and what metrics add per
+//! request.
 //!
 //! Run: `cargo bench --bench core`. Criterion reports throughput in
 //! elements/s (= entries/s). The first group also measures a raw baseline,
@@ -178,5 +179,43 @@ fn checkpoints(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, entry_hashing, merkle, checkpoints);
+/// What the metrics cost the append path per request (one entry answered
+/// and counted in its batch), next to the raw baseline of hashing the
+/// entry's 1 KiB payload once.
+fn metrics(c: &mut Criterion) {
+    let payload = vec![0x5au8; 1024];
+    let log = auditlog::metrics::global().log("bench");
+    let outcome = Ok(auditlog::engine::AppendOutcome {
+        receipts: vec![auditlog::engine::Receipt {
+            seq: 0,
+            leaf_hash: Hash::ZERO,
+            timestamp_unix_nanos: 0,
+            duplicate: false,
+            inclusion_proof: vec![],
+        }],
+        checkpoint: String::new(),
+        tree_size: 1,
+    });
+    let mut g = c.benchmark_group("metrics_per_request");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("baseline_raw_blake3_of_payload", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                black_box(blake3::hash(black_box(&payload)));
+            }
+        })
+    });
+    g.bench_function("answered_and_batch_counted", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let queued = std::time::Instant::now();
+                log.batch(1, 1024, queued.elapsed());
+                log.answered(queued, black_box(&outcome));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, entry_hashing, merkle, checkpoints, metrics);
 criterion_main!(benches);

@@ -47,11 +47,7 @@ fn clients() -> Option<Vec<(&'static str, Vec<String>)>> {
         None
     };
     if let Some(what) = missing {
-        assert!(
-            std::env::var("AUDITLOG_REQUIRE_EXAMPLES").as_deref() != Ok("1"),
-            "AUDITLOG_REQUIRE_EXAMPLES=1 but the examples need {what}"
-        );
-        eprintln!("skipped: the client examples need {what}");
+        common::skip_unless_required("AUDITLOG_REQUIRE_EXAMPLES", "client examples", what);
         return None;
     }
     // The TypeScript example is compiled with its own pinned tsc.

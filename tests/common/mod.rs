@@ -13,6 +13,17 @@ use auditlog::engine::input::{EntryInput, Limits};
 use auditlog::engine::{Clock, Engine, LogConfig};
 use auditlog::store::embedded::EmbeddedStore;
 
+/// For a test whose tools the machine lacks (`what`): fails when the
+/// variable `require` is `1` (as `.ci/run` sets it), else says the test is
+/// skipped.
+pub fn skip_unless_required(require: &str, test: &str, what: &str) {
+    assert!(
+        std::env::var(require).as_deref() != Ok("1"),
+        "{test}: {require}=1 but {what} is not installed"
+    );
+    eprintln!("{test}: skipped: needs {what}");
+}
+
 /// A clock tests move by hand.
 #[derive(Default)]
 pub struct ManualClock(pub AtomicI64);

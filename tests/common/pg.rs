@@ -56,12 +56,11 @@ impl Pg {
     /// installed and not required.
     pub fn start(test: &str) -> Option<Pg> {
         let Some(bindir) = find_bindir() else {
-            if std::env::var("AUDITLOG_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                panic!(
-                    "{test}: PostgreSQL (initdb, pg_ctl) not found and AUDITLOG_REQUIRE_POSTGRES=1"
-                );
-            }
-            eprintln!("{test}: skipped: PostgreSQL (initdb, pg_ctl) is not installed");
+            super::skip_unless_required(
+                "AUDITLOG_REQUIRE_POSTGRES",
+                test,
+                "PostgreSQL (initdb, pg_ctl)",
+            );
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
