@@ -193,9 +193,9 @@ pub fn write_html(
     if more > 0 {
         writeln!(
             out,
-            "<p class=\"note\">{more} more {} not listed here; the check covered them \
+            "<p class=\"note\">{} not listed here; the check covered them \
              all, and any problem among them is listed above.</p>",
-            plural(more, "entry is", "entries are")
+            plural(more, "more entry is", "more entries are")
         )?;
     }
     if shown == 0 {

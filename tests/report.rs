@@ -445,3 +445,58 @@ fn verify_shows_progress_on_a_terminal_and_nowhere_else() {
     );
     assert!(seen.contains("VALID: "), "{seen:?}");
 }
+
+/// A bundle larger than the page lists: the first MAX_ROWS entries are
+/// rows, the rest are counted, and a failure among them is still named.
+#[test]
+fn a_long_bundle_lists_its_first_entries_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(
+        &dir.path().join("data"),
+        vec![orders()],
+        ManualClock::at(1_000),
+    );
+    let n = auditlog::report::MAX_ROWS + 3;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let entries = chunk
+            .iter()
+            .map(|i| input("order:1", &format!("entry {i}")))
+            .collect();
+        f.engine.append_blocking("orders", entries).unwrap();
+    }
+    let mut out = Vec::new();
+    f.engine
+        .export(
+            "orders",
+            Query::SeqRange {
+                from_seq: 0,
+                to_seq: n,
+            },
+            None,
+            &mut out,
+        )
+        .unwrap();
+    f.close();
+    // Tamper with the very last entry, beyond the rows shown.
+    let text = String::from_utf8(out).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.len() - 2; // before the end line
+    lines[last]["payload"] = B64.encode("changed").into();
+    let bundle = dir.path().join("long.bundle");
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&bundle, body).unwrap();
+    let key = dir.path().join("verifier.pub");
+    std::fs::write(&key, format!("{}\n", signer().verifier().to_text())).unwrap();
+
+    let (code, html, _) = report(&bundle, &key);
+    assert_eq!(code, 1);
+    assert_eq!(statuses(&html).len() as u64, auditlog::report::MAX_ROWS);
+    assert!(html.contains("3 more entries are not listed here"));
+    assert!(
+        html.contains(&format!("entry #{}, payload", n - 1)),
+        "the failure beyond the rows is named"
+    );
+}
