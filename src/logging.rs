@@ -33,14 +33,23 @@ impl LogFormat {
     }
 }
 
-/// Installs the process's subscriber: events at `AUDITLOG_LOG_LEVEL`
-/// (error, warn, info (default), debug, trace) and above, on stderr.
-/// A second call does nothing.
+/// Installs the process's subscriber: auditlog's events at
+/// `AUDITLOG_LOG_LEVEL` (error, warn, info (default), debug, trace) and
+/// above, on stderr; other crates' events (gRPC, HTTP/2, sled) at warn at
+/// most whatever the level, since their debug and trace events describe
+/// frames and requests this crate does not vet. JSON lines name each
+/// event's target (module). A second call does nothing.
 pub fn init(format: LogFormat) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let level = std::env::var("AUDITLOG_LOG_LEVEL")
         .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let targets = Targets::new()
+        .with_target("auditlog", level)
+        .with_default(level.min(LevelFilter::WARN));
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -48,11 +57,16 @@ pub fn init(format: LogFormat) {
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(targets)
             .try_init(),
         LogFormat::Json => builder
+            .with_target(true)
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(targets)
             .try_init(),
     };
 }

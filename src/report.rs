@@ -42,6 +42,10 @@ pub const MAX_ROWS: u64 = 5_000;
 pub const MAX_TEXT: usize = 64 << 10;
 /// Largest image embedded in the page.
 pub const MAX_IMAGE: usize = 4 << 20;
+/// Most bytes of content (text shown, images embedded) one page holds, so a
+/// hostile bundle cannot make a page of gigabytes; past it, content is
+/// named, not shown.
+pub const MAX_CONTENT: usize = 64 << 20;
 
 /// What the page says besides the bundle itself.
 pub struct ReportContext<'a> {
@@ -70,6 +74,16 @@ pub fn write_html(
     bundle: impl BufRead,
     ctx: &ReportContext<'_>,
     out: impl Write,
+) -> io::Result<()> {
+    write_html_within(bundle, ctx, out, MAX_CONTENT)
+}
+
+/// [`write_html`] with at most `budget` bytes of content in the page.
+fn write_html_within(
+    bundle: impl BufRead,
+    ctx: &ReportContext<'_>,
+    out: impl Write,
+    mut budget: usize,
 ) -> io::Result<()> {
     let mut out = io::BufWriter::new(out);
     let report = ctx.report;
@@ -186,7 +200,7 @@ pub fn write_html(
             return;
         }
         shown += 1;
-        result = row(&mut out, &e, &by_seq, checkpoint_ok);
+        result = row(&mut out, &e, &by_seq, checkpoint_ok, &mut budget);
     });
     result?;
     out.write_all(b"</tbody>\n</table>\n")?;
@@ -281,6 +295,7 @@ fn row(
     e: &ShownEntry,
     by_seq: &BTreeMap<u64, Vec<&Finding>>,
     checkpoint_ok: bool,
+    budget: &mut usize,
 ) -> io::Result<()> {
     let entry = match &e.entry {
         Ok(x) => x,
@@ -374,7 +389,7 @@ fn row(
             b"<p class=\"failed\">What the file shows here is not what the log recorded:</p>",
         )?;
     }
-    content(out, entry.content_type.as_str(), e, removed)?;
+    content(out, entry.content_type.as_str(), e, removed, budget)?;
     writeln!(out, "</td><td class=\"status\">{badge}</td></tr>")
 }
 
@@ -384,6 +399,7 @@ fn content(
     content_type: &str,
     e: &ShownEntry,
     removed: Option<&str>,
+    budget: &mut usize,
 ) -> io::Result<()> {
     let ct = content_type
         .split(';')
@@ -408,6 +424,22 @@ fn content(
         "image/webp" => Some("image/webp"),
         _ => None,
     };
+    let shown = if image.is_some() {
+        payload.len() * 4 / 3
+    } else {
+        payload.len().min(MAX_TEXT)
+    };
+    if shown > *budget {
+        return write!(
+            out,
+            "<p class=\"note\">Content not shown ({}, {} bytes): this page already holds as \
+             much content as it may. It is in the bundle, checked like the rest; \
+             <code>auditlog get</code> shows it.</p>",
+            esc(content_type),
+            payload.len()
+        );
+    }
+    *budget -= shown;
     if let Some(mime) = image.filter(|_| payload.len() <= MAX_IMAGE) {
         return write!(
             out,
@@ -638,6 +670,76 @@ mod tests {
     fn times_are_utc_with_milliseconds() {
         assert_eq!(time(1_234_567_890), "1970-01-01 00:00:01.234");
         assert_eq!(time(-1), "1969-12-31 23:59:59.999");
+    }
+
+    #[test]
+    fn a_page_holds_at_most_its_content_budget() {
+        use crate::bundle::{BundleEntry, BundleWriter};
+        use crate::core::entry::Entry;
+        use crate::core::hash::Hash;
+        let mut bundle = Vec::new();
+        let mut w = BundleWriter::new(
+            &mut bundle,
+            "orders",
+            "o",
+            Query::Subject {
+                subject: "s".into(),
+            },
+            "cp",
+            &[],
+        )
+        .unwrap();
+        for seq in 0..4u64 {
+            let e = Entry {
+                origin: "o".into(),
+                seq,
+                timestamp_unix_nanos: 0,
+                subject: "s".into(),
+                actor: "a".into(),
+                kind: "k".into(),
+                content_type: "text/plain".into(),
+                attributes: Default::default(),
+                idempotency_key: String::new(),
+                payload_len: 1000,
+                payload_commitment: Hash::ZERO,
+                prev_leaf_hash: Hash::ZERO,
+            };
+            w.entry(&BundleEntry {
+                encoding: e.encode().unwrap(),
+                state: "present",
+                salt: Some(crate::core::entry::Salt([0; 32])),
+                payload: vec![b'x'; 1000],
+                proof: vec![],
+            })
+            .unwrap();
+        }
+        w.finish().unwrap();
+        let report = Report::default();
+        let summary = BundleSummary::default();
+        let ctx = ReportContext {
+            bundle_name: "b",
+            bundle_sha256: "00",
+            key_files: &[],
+            trusted: &[],
+            report: &report,
+            summary: &summary,
+            now_unix_nanos: 0,
+        };
+        let mut page = Vec::new();
+        write_html_within(&bundle[..], &ctx, &mut page, 2500).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        // Two payloads of 1000 bytes fit in 2500; the third and fourth do not.
+        assert_eq!(page.matches(&"x".repeat(1000)).count(), 2);
+        assert_eq!(
+            page.matches("Content not shown (text/plain, 1000 bytes)")
+                .count(),
+            2
+        );
+        assert_eq!(
+            page.matches("data-status=").count(),
+            4,
+            "every entry has its row"
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ impl Drop for Running {
 }
 
 fn serve(args: &[&str]) -> Running {
+    serve_with(args, &[])
+}
+
+fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Running {
     let data = tempfile::tempdir().unwrap();
     let stderr = data.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_auditlog"))
@@ -39,6 +43,7 @@ fn serve(args: &[&str]) -> Running {
         .stderr(std::fs::File::create(&stderr).unwrap())
         .env_remove("AUDITLOG_LOG_FORMAT")
         .env_remove("AUDITLOG_LOG_LEVEL")
+        .envs(env.iter().copied())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -276,6 +281,51 @@ async fn metrics_count_what_was_done_and_json_logs_never_carry_payloads() {
         assert!(
             !logs.contains(secret),
             "payload content in the log:\n{logs}"
+        );
+    }
+}
+
+/// At the most verbose level too: the dependencies' trace events (HTTP/2
+/// frames, gRPC calls) are capped at warn, and auditlog's own never carry
+/// payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_level_logs_carry_no_payload_either() {
+    let mut server = serve_with(
+        &["--log-format", "json"],
+        &[("AUDITLOG_LOG_LEVEL", "trace")],
+    );
+    let mut c = AuditLogClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    c.append(AppendRequest {
+        log: "default".into(),
+        entries: vec![entry("buyer:42", SECRET, "k-1")],
+    })
+    .await
+    .unwrap();
+    c.seal(SealRequest {
+        log: "default".into(),
+    })
+    .await
+    .unwrap();
+    let logs = server.stop();
+    assert!(logs.contains("sealed segment 0 of default"), "{logs}");
+    assert!(
+        !logs.contains(SECRET),
+        "payload content in a trace log:\n{logs}"
+    );
+    // The secret's bytes in any encoding a frame dump might use.
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SECRET);
+    for form in [b64.as_str(), &hex::encode(SECRET)] {
+        assert!(!logs.contains(form), "payload bytes in a trace log");
+    }
+    // Other crates' events reach the log at warn at most.
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (level, target) = (v["level"].as_str().unwrap(), v["target"].as_str().unwrap());
+        assert!(
+            target.starts_with("auditlog") || level == "WARN" || level == "ERROR",
+            "{line}"
         );
     }
 }
