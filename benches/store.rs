@@ -160,6 +160,16 @@ fn engine(batch: usize, appenders: usize) -> EngineRun {
             start.elapsed().as_secs_f64()
         );
     }
+    if std::env::var_os("AUDITLOG_BENCH_DEBUG").is_some() {
+        // Where the time went, from the engine's own metrics.
+        for l in auditlog::metrics::global().encode().lines().filter(|l| {
+            l.contains("log=\"bench\"") && (l.contains("_sum") || l.contains("_count"))
+                || l.starts_with("auditlog_fsync_seconds_sum")
+                || l.starts_with("auditlog_fsync_seconds_count")
+        }) {
+            eprintln!("  {l}");
+        }
+    }
     engine.shutdown();
     EngineRun {
         rate,
