@@ -752,6 +752,22 @@ fn write_report(
     out: &std::path::Path,
 ) -> std::io::Result<()> {
     use sha2::Digest as _;
+    // Never write the page (or its temporary file) over the evidence or a
+    // key it describes.
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        a.canonicalize()
+            .is_ok_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+    };
+    let tmp = out.with_extension("partial");
+    let inputs: Vec<&std::path::Path> = std::iter::once(bundle)
+        .chain(key_files.iter().map(PathBuf::as_path))
+        .collect();
+    if inputs.iter().any(|i| same(i, out) || same(i, &tmp)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "the report would overwrite the bundle or a key file: choose another name",
+        ));
+    }
     let mut sha = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(bundle)?, &mut sha)?;
     let sha = hex::encode(sha.finalize());
@@ -775,7 +791,6 @@ fn write_report(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64),
     };
-    let tmp = out.with_extension("partial");
     let input = std::io::BufReader::new(std::fs::File::open(bundle)?);
     auditlog::report::write_html(input, &ctx, std::fs::File::create(&tmp)?)?;
     std::fs::rename(&tmp, out)?;

@@ -326,6 +326,31 @@ fn a_report_is_written_only_for_a_bundle() {
         Some(2),
         "an unwritable report is an I/O error"
     );
+    // A report never overwrites the evidence or a key, nor does its
+    // temporary file (x.partial for x.html).
+    let original = std::fs::read(&ev.bundle).unwrap();
+    let partial = ev.bundle.with_file_name("evidence.partial");
+    std::fs::copy(&ev.bundle, &partial).unwrap();
+    for (bundle, page) in [
+        (ev.bundle.clone(), ev.bundle.clone()),
+        (ev.bundle.clone(), ev.key.clone()),
+        (partial.clone(), partial.with_extension("html")),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_auditlog"))
+            .arg("verify")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&ev.key)
+            .arg("--report")
+            .arg(&page)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{page:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("would overwrite"));
+    }
+    assert_eq!(std::fs::read(&ev.bundle).unwrap(), original);
+    assert_eq!(std::fs::read(&partial).unwrap(), original);
+    assert!(std::fs::read_to_string(&ev.key).unwrap().contains('+'));
 }
 
 /// The checker itself fails a page that logs an error, runs script, opens
