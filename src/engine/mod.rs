@@ -354,6 +354,7 @@ impl Engine {
         log: &str,
         entries: Vec<EntryInput>,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, AppendError>>, AppendError> {
+        let arrived = std::time::Instant::now();
         let Some(rt) = self.logs.get(log) else {
             return Err(AppendError::UnknownLog(log.to_owned()));
         };
@@ -374,7 +375,7 @@ impl Engine {
             salt.copy_from_slice(salts.next().expect("one salt per entry"));
         })
         .inspect_err(|e| rt.metrics.refused(e))?;
-        let (reply, rx) = Reply::new(rt.metrics.clone());
+        let (reply, rx) = Reply::new(rt.metrics.clone(), arrived);
         self.send(
             log,
             Command::Append {
@@ -737,11 +738,12 @@ struct Reply {
 }
 
 impl Reply {
+    /// A reply for a request that arrived at `queued`.
     fn new(
         metrics: Arc<crate::metrics::LogMetrics>,
+        queued: std::time::Instant,
     ) -> (Reply, oneshot::Receiver<Result<AppendOutcome, AppendError>>) {
         let (tx, rx) = oneshot::channel();
-        let queued = std::time::Instant::now();
         (
             Reply {
                 tx,
@@ -1021,7 +1023,7 @@ impl Worker {
                 }
             }) {
                 if salt_err.is_none() {
-                    let (reply, _) = Reply::new(metrics.clone());
+                    let (reply, _) = Reply::new(metrics.clone(), std::time::Instant::now());
                     let _ = tx.send(Command::Append {
                         entries: prepared,
                         reply,
