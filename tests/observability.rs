@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 
 use auditlog::proto::audit_log_client::AuditLogClient;
-use auditlog::proto::{AppendRequest, EntryInput, EraseRequest, SealRequest, VerifyRequest};
+use auditlog::proto::{
+    AppendRequest, EntryInput, EraseRequest, GetEntryRequest, SealRequest, VerifyRequest,
+};
 
 /// A payload that must never show up in a log line.
 const SECRET: &str = "SECRET-PAYLOAD-do-not-log-4242";
@@ -328,6 +330,76 @@ async fn trace_level_logs_carry_no_payload_either() {
             "{line}"
         );
     }
+}
+
+/// Corruption found while serving: the log is refused (`log_refused` 1,
+/// appends UNAVAILABLE and counted), and the failure is logged once, not
+/// once per refused batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_refused_for_corruption_shows_in_metrics_and_is_logged_once() {
+    let mut server = serve(&["--metrics-listen", "127.0.0.1:0", "--log-format", "json"]);
+    let metrics = server.metrics.clone().unwrap();
+    let mut c = AuditLogClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let append = |key: &str| AppendRequest {
+        log: "default".into(),
+        entries: vec![entry("buyer:42", "PAYLOAD-TO-DAMAGE", key)],
+    };
+    c.append(append("k-1")).await.unwrap();
+    c.seal(SealRequest {
+        log: "default".into(),
+    })
+    .await
+    .unwrap();
+    // Damage the sealed segment on disk, under the running server.
+    let seg = server
+        ._data
+        .path()
+        .join("d/logs/default/00000000000000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"PAYLOAD-TO-DAMAGE")
+        .unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+    let read = c
+        .get_entry(GetEntryRequest {
+            log: "default".into(),
+            seq: 0,
+            tree_size: 0,
+        })
+        .await;
+    assert!(read.is_err(), "a damaged entry was served");
+    for k in ["k-2", "k-3", "k-4"] {
+        let e = c.append(append(k)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    }
+    let (_, scrape) = http_get(&metrics, "/metrics");
+    assert_eq!(
+        sample(&scrape, "auditlog_log_refused{log=\"default\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "auditlog_append_errors_total{log=\"default\",kind=\"unavailable\"}"
+        ),
+        3.0
+    );
+    let logs = server.stop();
+    let failing = logs
+        .lines()
+        .filter(|l| l.contains("appends failing"))
+        .count();
+    assert_eq!(failing, 1, "{logs}");
+    let refused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refused: corrupt record"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{logs}");
+    assert!(refused[0].contains("\"level\":\"ERROR\"") && !refused[0].contains("PAYLOAD"));
 }
 
 #[test]

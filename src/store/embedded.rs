@@ -1074,7 +1074,16 @@ impl Store for EmbeddedStore {
         }) = &result
         {
             let mut st = files.state.lock().expect("log state lock");
-            st.refused.get_or_insert((location.clone(), reason.clone()));
+            if st.refused.is_none() {
+                tracing::error!(
+                    log,
+                    location = %location,
+                    reason = %reason,
+                    "log {log} refused: corrupt record at {location}: {reason}; it serves \
+                     nothing until an operator acts"
+                );
+                st.refused = Some((location.clone(), reason.clone()));
+            }
         }
         result
     }
