@@ -286,11 +286,6 @@ fn verify_response(report: crate::verify::Report) -> proto::VerifyResponse {
     }
 }
 
-/// True for the verdict codes that are not failures (ERASED, EXPIRED).
-fn informational(code: &str) -> bool {
-    matches!(code, "VALID" | "ERASED" | "EXPIRED")
-}
-
 fn to_hold(h: Hold) -> proto::Hold {
     proto::Hold {
         id: h.id,
@@ -1021,38 +1016,30 @@ impl Service {
         r: proto::VerifyRequest,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
         let log = r.log.clone();
-        let answer = self.verify_run(r).await;
-        let failures = answer.as_ref().ok().map(|a| {
-            a.get_ref()
-                .findings
-                .iter()
-                .filter(|f| !informational(&f.code))
-                .count()
-        });
-        crate::metrics::global().verified(failures);
-        match (&answer, failures) {
-            (Ok(a), Some(0)) => tracing::info!(
-                log = %log,
-                entries = a.get_ref().entries_checked,
-                "verify: valid"
-            ),
-            (Ok(a), Some(n)) => tracing::warn!(
-                log = %log,
-                entries = a.get_ref().entries_checked,
-                failures = n,
-                first = a.get_ref().findings.iter().find(|f| !informational(&f.code)).map(|f| f.code.as_str()).unwrap_or(""),
-                "verify: INVALID, {n} problem(s)"
-            ),
-            (Err(e), _) => tracing::warn!(log = %log, error = %e.message(), "verify could not run"),
-            _ => {}
+        let run = self.verify_run(r).await;
+        crate::metrics::global().verified(run.as_ref().ok().map(|r| r.failures().count()));
+        match &run {
+            Ok(report) => match report.failures().next() {
+                None => {
+                    tracing::info!(log = %log, entries = report.entries_checked, "verify: valid")
+                }
+                Some(first) => {
+                    let n = report.failures().count();
+                    tracing::warn!(
+                        log = %log,
+                        entries = report.entries_checked,
+                        failures = n,
+                        first = first.verdict.code(),
+                        "verify: INVALID, {n} problem(s)"
+                    );
+                }
+            },
+            Err(e) => tracing::warn!(log = %log, error = %e.message(), "verify could not run"),
         }
-        answer
+        run.map(|report| Response::new(verify_response(report)))
     }
 
-    async fn verify_run(
-        &self,
-        r: proto::VerifyRequest,
-    ) -> Result<Response<proto::VerifyResponse>, Status> {
+    async fn verify_run(&self, r: proto::VerifyRequest) -> Result<crate::verify::Report, Status> {
         let keys = self.engine.signing_history();
         if !r.log.is_empty() && self.engine.log_config(&r.log).is_none() {
             return Err(Status::not_found(format!("unknown log {:?}", r.log)));
@@ -1064,8 +1051,8 @@ impl Service {
                     let only = Some(r.log).filter(|l| !l.is_empty());
                     let report =
                         crate::verify::postgres::verify_postgres_logs(&url, &keys, only.as_deref())
-                            .map_err(|e| Status::unavailable(e.to_string()))?;
-                    Ok(Response::new(verify_response(report)))
+                            .map_err(|e| Status::unavailable(e.to_string()));
+                    report
                 })
                 .await;
             }
@@ -1088,7 +1075,7 @@ impl Service {
                 .map_err(internal)?;
                 report
             };
-            Ok(Response::new(verify_response(report)))
+            Ok(report)
         })
         .await
     }
