@@ -269,6 +269,9 @@ pub struct BundleSummary {
     pub query: Option<Query>,
     /// The trusted keys whose signatures on the checkpoint verified.
     pub signed_by: Vec<VerifierKey>,
+    /// Every key trusted: those passed in, and those reached through the
+    /// bundle's key transitions from them.
+    pub trusted: Vec<VerifierKey>,
 }
 
 /// Verifies a bundle read from `input` with the trusted `keys`.
@@ -347,6 +350,7 @@ pub fn verify_bundle(
         .enumerate()
         .map(|(i, t)| (t.clone(), trust.followed.contains(&i)))
         .collect();
+    summary.trusted = trust.keys.clone();
     let keys = &trust.keys[..];
 
     let cp = match Checkpoint::open(&header.checkpoint, keys, Some(&header.origin)) {

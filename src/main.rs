@@ -713,7 +713,7 @@ fn verify_command(
             let (report, summary) = auditlog::bundle::verify_bundle(input, &keys, since.as_deref());
             bar.finish_and_clear();
             if let Some(out) = &html_report {
-                if let Err(e) = write_report(&f, key_files, &keys, &report, &summary, out) {
+                if let Err(e) = write_report(&f, key_files, &report, &summary, out) {
                     print_verdict(&report, "bundle", json);
                     return usage(format!("--report {}: {e}", out.display()));
                 }
@@ -746,7 +746,6 @@ fn verify_command(
 fn write_report(
     bundle: &std::path::Path,
     key_files: &[PathBuf],
-    trusted: &[auditlog::core::note::VerifierKey],
     report: &auditlog::verify::Report,
     summary: &auditlog::bundle::BundleSummary,
     out: &std::path::Path,
@@ -771,20 +770,13 @@ fn write_report(
     let mut sha = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(bundle)?, &mut sha)?;
     let sha = hex::encode(sha.finalize());
-    // The keys the reviewer gave, plus those followed through rotations.
-    let mut all = trusted.to_vec();
-    for (t, followed) in &report.transitions {
-        if *followed && !all.contains(&t.to) {
-            all.push(t.to.clone());
-        }
-    }
     let key_files: Vec<String> = key_files.iter().map(|k| k.display().to_string()).collect();
     let name = bundle.display().to_string();
     let ctx = auditlog::report::ReportContext {
         bundle_name: &name,
         bundle_sha256: &sha,
         key_files: &key_files,
-        trusted: &all,
+        trusted: &summary.trusted,
         report,
         summary,
         now_unix_nanos: std::time::SystemTime::now()
