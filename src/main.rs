@@ -709,11 +709,21 @@ fn verify_command(
             };
             let len = file.metadata().map_or(0, |m| m.len());
             let bar = auditlog::progress::bytes(len, "verifying");
-            let input = std::io::BufReader::with_capacity(1 << 20, bar.wrap_read(file));
-            let (report, summary) = auditlog::bundle::verify_bundle(input, &keys, since.as_deref());
+            // With --report, the bytes verified are hashed as they are read:
+            // the page names them and is rendered from the same bytes.
+            let mut input = std::io::BufReader::with_capacity(
+                1 << 20,
+                Hashing::new(bar.wrap_read(file), html_report.is_some()),
+            );
+            let (report, summary) =
+                auditlog::bundle::verify_bundle(&mut input, &keys, since.as_deref());
             bar.finish_and_clear();
             if let Some(out) = &html_report {
-                if let Err(e) = write_report(&f, key_files, &report, &summary, out) {
+                let verified = match input.into_inner().finish() {
+                    Ok(sha) => sha,
+                    Err(e) => return usage(format!("{}: {e}", f.display())),
+                };
+                if let Err(e) = write_report(&f, &verified, key_files, &report, &summary, out) {
                     print_verdict(&report, "bundle", json);
                     return usage(format!("--report {}: {e}", out.display()));
                 }
@@ -741,16 +751,53 @@ fn verify_command(
     print_verdict(&report, &what, json)
 }
 
+/// A reader that hashes (SHA-256) what passes through it, when asked to.
+struct Hashing<R> {
+    inner: R,
+    sha: Option<sha2::Sha256>,
+}
+
+impl<R: std::io::Read> Hashing<R> {
+    fn new(inner: R, on: bool) -> Self {
+        use sha2::Digest as _;
+        Hashing {
+            inner,
+            sha: on.then(sha2::Sha256::new),
+        }
+    }
+
+    /// Reads what is left, and returns the hex SHA-256 of every byte.
+    fn finish(mut self) -> std::io::Result<String> {
+        use sha2::Digest as _;
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok(self
+            .sha
+            .map(|s| hex::encode(s.finalize()))
+            .unwrap_or_default())
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        if let Some(s) = &mut self.sha {
+            s.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
 /// Writes the HTML report of a verified bundle (through a temporary file,
 /// so a failed write leaves no half page under the name asked for).
 fn write_report(
     bundle: &std::path::Path,
+    sha: &str,
     key_files: &[PathBuf],
     report: &auditlog::verify::Report,
     summary: &auditlog::bundle::BundleSummary,
     out: &std::path::Path,
 ) -> std::io::Result<()> {
-    use sha2::Digest as _;
     // Never write the page (or its temporary file) over the evidence or a
     // key it describes.
     let same = |a: &std::path::Path, b: &std::path::Path| {
@@ -767,14 +814,11 @@ fn write_report(
             "the report would overwrite the bundle or a key file: choose another name",
         ));
     }
-    let mut sha = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(bundle)?, &mut sha)?;
-    let sha = hex::encode(sha.finalize());
     let key_files: Vec<String> = key_files.iter().map(|k| k.display().to_string()).collect();
     let name = bundle.display().to_string();
     let ctx = auditlog::report::ReportContext {
         bundle_name: &name,
-        bundle_sha256: &sha,
+        bundle_sha256: sha,
         key_files: &key_files,
         trusted: &summary.trusted,
         report,
@@ -783,8 +827,14 @@ fn write_report(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64),
     };
-    let input = std::io::BufReader::new(std::fs::File::open(bundle)?);
-    auditlog::report::write_html(input, &ctx, std::fs::File::create(&tmp)?)?;
+    let mut input = std::io::BufReader::new(Hashing::new(std::fs::File::open(bundle)?, true));
+    auditlog::report::write_html(&mut input, &ctx, std::fs::File::create(&tmp)?)?;
+    if input.into_inner().finish()? != sha {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(std::io::Error::other(
+            "the bundle changed while the report was written: verify it again",
+        ));
+    }
     std::fs::rename(&tmp, out)?;
     eprintln!("auditlog verify: report written to {}", out.display());
     Ok(())
