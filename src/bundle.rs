@@ -1403,6 +1403,89 @@ mod tests {
         }
     }
 
+    /// Lines (numbered from 2) and the stop, as `read_blocks` sends them.
+    /// Numbered lines, and where and why reading stopped.
+    type Split = (Vec<(usize, Vec<u8>)>, Option<(usize, String)>);
+
+    fn blocks_of(input: &[u8]) -> Split {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1000);
+        read_blocks(&mut std::io::Cursor::new(input), 1, &tx);
+        drop(tx);
+        let (mut lines, mut stop, mut next_block) = (Vec::new(), None, 0);
+        for w in rx {
+            match w {
+                Work::Lines {
+                    block,
+                    first_line,
+                    data,
+                } => {
+                    assert_eq!((block, first_line), (next_block, lines.len() + 2));
+                    assert!(stop.is_none());
+                    next_block += 1;
+                    let body = data.strip_suffix(b"\n").unwrap_or(&data);
+                    lines.extend(
+                        body.split(|b| *b == b'\n')
+                            .map(|l| l.to_vec())
+                            .enumerate()
+                            .map(|(i, l)| (first_line + i, l)),
+                    );
+                }
+                Work::Stop { block, line, error } => {
+                    assert_eq!(block, next_block);
+                    stop = Some((line, error));
+                }
+            }
+        }
+        (lines, stop)
+    }
+
+    /// The same, read the way the header is read (`BoundedLines`).
+    fn bounded_of(input: &[u8]) -> Split {
+        let mut r = BoundedLines { input, line: 1 };
+        let mut lines = Vec::new();
+        while let Some(l) = r.next() {
+            match l {
+                Ok(l) => lines.push((r.line, l.into_bytes())),
+                Err(e) => return (lines, Some((r.line, e))),
+            }
+        }
+        (lines, None)
+    }
+
+    #[test]
+    fn blocks_split_lines_as_the_line_reader_does() {
+        let long = |n: usize| vec![b'a'; n];
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\n".to_vec(),
+            b"a\n\nb".to_vec(),
+            b"a\nb\n".to_vec(),
+            // Lines across block boundaries.
+            (0..3000)
+                .flat_map(|i| format!("line {i} {}\n", "x".repeat(i % 997)).into_bytes())
+                .collect(),
+            // The limit: MAX_LINE bytes with the newline pass, one more is
+            // refused; at the very end a line without newline may be MAX_LINE.
+            [b"a\n".to_vec(), long(MAX_LINE - 1), b"\nb\n".to_vec()].concat(),
+            [b"a\n".to_vec(), long(MAX_LINE), b"\nb\n".to_vec()].concat(),
+            [b"a\n".to_vec(), long(MAX_LINE)].concat(),
+            [b"a\n".to_vec(), long(MAX_LINE + 1)].concat(),
+            [
+                long(BLOCK_BYTES - 1),
+                b"\n".to_vec(),
+                long(BLOCK_BYTES + 5),
+                b"\nz".to_vec(),
+            ]
+            .concat(),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let (got, want) = (blocks_of(c), bounded_of(c));
+            assert_eq!(got.0.len(), want.0.len(), "case {i}");
+            assert!(got.0 == want.0, "case {i}: lines differ");
+            assert_eq!(got.1, want.1, "case {i}");
+        }
+    }
+
     #[test]
     fn unused_bits_and_padding_are_refused() {
         for s in [
