@@ -90,6 +90,19 @@ fn bundle(n: u64) -> (Vec<u8>, SignerKey) {
     (w.finish().expect("end"), key)
 }
 
+/// Runs `f` `iters` times and returns the time taken, adding it and the
+/// runs to `total`.
+fn timed(total: &mut (Duration, u64), iters: u64, mut f: impl FnMut()) -> Duration {
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    let d = t.elapsed();
+    total.0 += d;
+    total.1 += iters;
+    d
+}
+
 fn verify(c: &mut Criterion) {
     let n: u64 = std::env::var("AUDITLOG_BENCH_VERIFY_ENTRIES")
         .ok()
@@ -106,12 +119,11 @@ fn verify(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(n));
-    let mut raw = Duration::ZERO;
-    let mut raw_runs = 0u32;
+    // Total time and runs of each, for the ratio printed at the end.
+    let mut raw = (Duration::ZERO, 0u64);
     g.bench_function("baseline_raw_lines_blake3", |b| {
         b.iter_custom(|iters| {
-            let t = Instant::now();
-            for _ in 0..iters {
+            timed(&mut raw, iters, || {
                 let mut r = Cursor::new(&bytes);
                 let mut line = Vec::with_capacity(4096);
                 let mut h = blake3::Hasher::new();
@@ -123,31 +135,21 @@ fn verify(c: &mut Criterion) {
                     h.update(&line);
                 }
                 black_box(h.finalize());
-            }
-            let d = t.elapsed();
-            raw += d;
-            raw_runs += iters as u32;
-            d
+            })
         })
     });
-    let mut ver = Duration::ZERO;
-    let mut ver_runs = 0u32;
+    let mut ver = (Duration::ZERO, 0u64);
     g.bench_function("verify_bundle", |b| {
         b.iter_custom(|iters| {
-            let t = Instant::now();
-            for _ in 0..iters {
+            timed(&mut ver, iters, || {
                 let (report, _) = verify_bundle(Cursor::new(&bytes), &keys, None);
                 assert!(report.is_valid());
-            }
-            let d = t.elapsed();
-            ver += d;
-            ver_runs += iters as u32;
-            d
+            })
         })
     });
     g.finish();
-    let per = |d: Duration, runs: u32| d.as_secs_f64() / f64::from(runs.max(1));
-    let (r, v) = (per(raw, raw_runs), per(ver, ver_runs));
+    let per = |(d, runs): (Duration, u64)| d.as_secs_f64() / runs.max(1) as f64;
+    let (r, v) = (per(raw), per(ver));
     println!(
         "verify of {n} entries ({:.0} MB): {:.0} entries/s; raw lines+BLAKE3 \
          {:.0} entries/s; verify = {:.2}x the raw baseline's time",

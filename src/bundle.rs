@@ -244,21 +244,22 @@ fn unb64(s: &str) -> Option<Vec<u8>> {
     base64_simd::STANDARD.decode_to_vec(s).ok()
 }
 
+/// A 32-byte hash (or salt) from its base64: always 44 characters.
+fn b64_hash(s: &[u8]) -> Option<Hash> {
+    if s.len() != 44 {
+        return None;
+    }
+    let mut out = [0u8; 33];
+    let decoded = base64_simd::STANDARD
+        .decode(s, base64_simd::Out::from_slice(&mut out))
+        .ok()?;
+    Some(Hash(<[u8; 32]>::try_from(&*decoded).ok()?))
+}
+
 /// A proof from its base64 elements, each exactly 32 bytes.
 fn proof_of<S: AsRef<str>>(list: &[S]) -> Option<Vec<Hash>> {
     list.iter()
-        .map(|s| {
-            let s = s.as_ref().as_bytes();
-            // 32 bytes are exactly 44 characters; anything else is not one.
-            if s.len() != 44 {
-                return None;
-            }
-            let mut buf = [0u8; 33];
-            match base64_simd::STANDARD.decode(s, base64_simd::Out::from_slice(&mut buf)) {
-                Ok(out) if out.len() == 32 => Some(Hash(out.try_into().expect("32 bytes"))),
-                _ => None,
-            }
-        })
+        .map(|s| b64_hash(s.as_ref().as_bytes()))
         .collect()
 }
 
@@ -415,12 +416,8 @@ pub fn verify_bundle(
                 break;
             };
             early.insert(block, pres);
-            let Some(pres) = early.remove(&next_block) else {
-                continue;
-            };
-            next_block += 1;
-            // Later blocks that were already waiting go next, in order.
-            let mut pres = pres;
+            // The next blocks in input order, as far as they have come.
+            let mut pres = Vec::new();
             while let Some(more) = early.remove(&next_block) {
                 next_block += 1;
                 pres.extend(more);
@@ -683,6 +680,7 @@ fn spawn_checkers<'s, R: std::io::Read + Send>(
             // Each checker remembers its last verified path: a block's
             // lines come in seq order.
             let mut v = InclusionVerifier::<Blake3>::new(cp.size, cp.root);
+            let mut scratch = Scratch::default();
             loop {
                 let next = match work_rx.lock() {
                     Ok(rx) => rx.recv(),
@@ -697,7 +695,10 @@ fn spawn_checkers<'s, R: std::io::Read + Send>(
                         block,
                         first_line,
                         data,
-                    }) => (block, check_block(&mut v, first_line, &data, origin)),
+                    }) => (
+                        block,
+                        check_block(&mut v, &mut scratch, first_line, &data, origin),
+                    ),
                 };
                 if done_tx.send(out).is_err() {
                     break;
@@ -792,19 +793,19 @@ fn read_blocks(
 /// Checks the lines of one block, the first numbered `first_line`.
 fn check_block(
     v: &mut InclusionVerifier<Blake3>,
+    scratch: &mut Scratch,
     first_line: usize,
     data: &[u8],
     origin: &str,
 ) -> Vec<(usize, Pre)> {
     let mut out = Vec::new();
-    let mut scratch = Scratch::default();
     let mut start = 0;
     let mut n = first_line;
     while start < data.len() {
         let rest = &data[start..];
         // The fast path finds the line's end itself; a line it takes is
         // ASCII, hence UTF-8.
-        let (pre, len) = match fast_entry(rest, &mut scratch) {
+        let (pre, len) = match fast_entry(rest, scratch) {
             Some(e) => (
                 Pre::Entry(check_decoded(
                     n,
@@ -936,13 +937,11 @@ fn check_entry(
     let proof = proof_of(inclusion_proof);
     let decoded;
     let payload = match (payload_state, salt, payload) {
-        ("present", Some(salt), Some(payload)) => match (
-            unb64(salt).and_then(|s| <[u8; 32]>::try_from(s).ok()),
-            unb64(payload),
-        ) {
+        ("present", Some(salt), Some(payload)) => match (b64_hash(salt.as_bytes()), unb64(payload))
+        {
             (Some(s), Some(p)) => {
                 decoded = p;
-                PayloadIn::Present(Salt(s), &decoded)
+                PayloadIn::Present(Salt(s.0), &decoded)
             }
             _ => PayloadIn::Undecodable,
         },
@@ -1094,19 +1093,9 @@ fn fast_entry<'a>(text: &[u8], scratch: &'a mut Scratch) -> Option<FastEntry<'a>
     /// closing quote (a valid decode holds none).
     fn hash(rest: &mut &[u8]) -> Option<Hash> {
         let (quoted, after) = rest.split_at_checked(46)?;
-        let body = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-        let mut out = [0u8; 33];
-        let got = base64_simd::STANDARD
-            .decode(body, base64_simd::Out::from_slice(&mut out))
-            .ok()?
-            .len();
-        if got != 32 {
-            return None;
-        }
+        let h = b64_hash(quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?)?;
         *rest = after;
-        let mut h = [0u8; 32];
-        h.copy_from_slice(&out[..32]);
-        Some(Hash(h))
+        Some(h)
     }
     /// `null`, or a string.
     fn nullable<'t>(rest: &mut &'t [u8]) -> Option<Option<&'t [u8]>> {
@@ -1403,10 +1392,10 @@ mod tests {
         }
     }
 
-    /// Lines (numbered from 2) and the stop, as `read_blocks` sends them.
     /// Numbered lines, and where and why reading stopped.
     type Split = (Vec<(usize, Vec<u8>)>, Option<(usize, String)>);
 
+    /// Lines (numbered from 2) and the stop, as `read_blocks` sends them.
     fn blocks_of(input: &[u8]) -> Split {
         let (tx, rx) = std::sync::mpsc::sync_channel(1000);
         read_blocks(&mut std::io::Cursor::new(input), 1, &tx);
