@@ -1475,6 +1475,78 @@ mod tests {
         }
     }
 
+    /// A read error ends the input where it happens: the whole lines read
+    /// before it are checked, then the error is the last result.
+    #[test]
+    fn a_read_error_stops_after_the_lines_before_it() {
+        struct Failing(std::io::Cursor<&'static [u8]>);
+        impl std::io::Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.read(buf)? {
+                    0 => Err(std::io::Error::other("disk on fire")),
+                    k => Ok(k),
+                }
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(10);
+        read_blocks(&mut Failing(std::io::Cursor::new(b"a\nb\npartial")), 1, &tx);
+        drop(tx);
+        let got: Vec<_> = rx
+            .into_iter()
+            .map(|w| match w {
+                Work::Lines {
+                    block,
+                    first_line,
+                    data,
+                } => (block, first_line, String::from_utf8(data).unwrap()),
+                Work::Stop { block, line, error } => (block, line, error),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 2, "a\nb\n".to_owned()),
+                (1, 4, "disk on fire".to_owned())
+            ]
+        );
+    }
+
+    /// The fixture with `line` inserted after its line `after`.
+    fn fixture_with(after: usize, line: &[u8]) -> Vec<u8> {
+        let text = include_bytes!("../tests/fixtures/bundle-v1.jsonl");
+        let mut out = Vec::new();
+        for (i, l) in text.split_inclusive(|b| *b == b'\n').enumerate() {
+            out.extend_from_slice(l);
+            if i + 1 == after {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// A line that is not UTF-8 stops verification there, named by its
+    /// number; the entries after it are not read.
+    #[test]
+    fn a_line_not_utf8_stops_verification_there() {
+        let keys = [
+            VerifierKey::from_text(include_str!("../tests/fixtures/bundle-v1.pub").trim()).unwrap(),
+        ];
+        let good = include_bytes!("../tests/fixtures/bundle-v1.jsonl");
+        let (report, summary) = verify_bundle(&good[..], &keys, None);
+        assert!(report.is_valid(), "{:?}", report.findings);
+        assert_eq!(summary.entries, 5);
+        let bad = fixture_with(3, b"{\"type\":\"\xff\"}");
+        let (report, summary) = verify_bundle(&bad[..], &keys, None);
+        assert!(!report.is_valid());
+        assert_eq!(summary.entries, 2, "entries on lines 2 and 3 only");
+        let f = &report.findings[0];
+        assert_eq!(
+            (f.verdict, f.detail.as_str()),
+            (Verdict::Malformed, "line 4 is not UTF-8")
+        );
+    }
+
     #[test]
     fn unused_bits_and_padding_are_refused() {
         for s in [
