@@ -721,26 +721,65 @@ fn a_colliding_posting_never_reaches_an_answer() {
     f.close();
 }
 
-/// A store whose seals always fail (a disk that refuses writes), counting
-/// how often a seal is tried.
-struct FailingSeals {
-    inner: Arc<auditlog::store::embedded::EmbeddedStore>,
+/// The embedded store with faults and pauses put in: seals that always
+/// fail (a disk that refuses writes, counting how often a seal is tried),
+/// and syncs of pipelined appends that wait at a gate the test opens, and
+/// then succeed or fail.
+#[derive(Default)]
+struct Hooked {
+    inner: Option<Arc<auditlog::store::embedded::EmbeddedStore>>,
+    fail_seals: bool,
     seals: std::sync::atomic::AtomicU64,
+    /// Batches written without a sync, and syncs run.
+    writes: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+    /// Open: syncs proceed (`true`) or fail (`false`); `None`: they wait.
+    gate: Arc<(std::sync::Mutex<Option<bool>>, std::sync::Condvar)>,
 }
 
-impl Store for FailingSeals {
+impl Hooked {
+    fn over(dir: &std::path::Path) -> Hooked {
+        Hooked {
+            inner: Some(Arc::new(
+                auditlog::store::embedded::EmbeddedStore::open(dir).unwrap(),
+            )),
+            ..Hooked::default()
+        }
+    }
+
+    fn inner(&self) -> &auditlog::store::embedded::EmbeddedStore {
+        self.inner.as_ref().expect("a store")
+    }
+
+    /// Lets waiting and later syncs run (`succeed`) or fail.
+    fn open_gate(&self, succeed: bool) {
+        *self.gate.0.lock().unwrap() = Some(succeed);
+        self.gate.1.notify_all();
+    }
+
+    /// Waits (up to 10 s) until `n` batches were written.
+    fn wait_writes(&self, n: u64) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.writes.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < until, "no write {n}");
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+impl Store for Hooked {
     fn open_log(
         &self,
         spec: &auditlog::store::LogSpec,
         now: i64,
     ) -> Result<auditlog::store::LogHead, auditlog::store::StoreError> {
-        self.inner.open_log(spec, now)
+        self.inner().open_log(spec, now)
     }
     fn logs(&self) -> Vec<String> {
-        self.inner.logs()
+        self.inner().logs()
     }
     fn stored_logs(&self) -> Result<Vec<auditlog::store::LogSpec>, auditlog::store::StoreError> {
-        self.inner.stored_logs()
+        self.inner().stored_logs()
     }
     fn checkpoints_after(
         &self,
@@ -748,18 +787,59 @@ impl Store for FailingSeals {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, String)>, auditlog::store::StoreError> {
-        self.inner.checkpoints_after(log, after, limit)
+        self.inner().checkpoints_after(log, after, limit)
     }
     fn append(
         &self,
         log: &str,
         batch: &auditlog::store::Batch,
     ) -> Result<(), auditlog::store::StoreError> {
-        self.inner.append(log, batch)
+        self.inner().append(log, batch)
     }
-    fn seal(&self, _: &str, _: &Seal, _: &str) -> Result<(), auditlog::store::StoreError> {
+    fn write_unsynced(
+        &self,
+        log: &str,
+        batch: &auditlog::store::Batch,
+    ) -> Result<Option<auditlog::store::SyncPoint>, auditlog::store::StoreError> {
+        let point = self.inner().write_unsynced(log, batch)?;
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let gate = self.gate.clone();
+        let point = point.expect("the embedded store pipelines");
+        Ok(Some(auditlog::store::SyncPoint::new(move || {
+            let mut open = gate.0.lock().unwrap();
+            while open.is_none() {
+                open = gate.1.wait(open).unwrap();
+            }
+            if *open == Some(false) {
+                return Err(std::io::Error::other("the disk went away"));
+            }
+            drop(open);
+            point.sync()
+        })))
+    }
+    fn publish(
+        &self,
+        log: &str,
+        batch: &auditlog::store::Batch,
+        synced: std::io::Result<()>,
+    ) -> Result<(), auditlog::store::StoreError> {
+        if synced.is_ok() {
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner().publish(log, batch, synced)
+    }
+    fn seal(
+        &self,
+        log: &str,
+        seal: &Seal,
+        signed: &str,
+    ) -> Result<(), auditlog::store::StoreError> {
         self.seals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.fail_seals {
+            return self.inner().seal(log, seal, signed);
+        }
         Err(auditlog::store::StoreError::Index(
             "disk refuses writes".into(),
         ))
@@ -769,14 +849,14 @@ impl Store for FailingSeals {
         log: &str,
         seq: u64,
     ) -> Result<Option<auditlog::store::StoredEntry>, auditlog::store::StoreError> {
-        self.inner.entry(log, seq)
+        self.inner().entry(log, seq)
     }
     fn seq_by_idempotency_key(
         &self,
         log: &str,
         key: &str,
     ) -> Result<Option<u64>, auditlog::store::StoreError> {
-        self.inner.seq_by_idempotency_key(log, key)
+        self.inner().seq_by_idempotency_key(log, key)
     }
     fn seqs_by_subject(
         &self,
@@ -785,7 +865,7 @@ impl Store for FailingSeals {
         from: u64,
         limit: usize,
     ) -> Result<Vec<u64>, auditlog::store::StoreError> {
-        self.inner.seqs_by_subject(log, subject, from, limit)
+        self.inner().seqs_by_subject(log, subject, from, limit)
     }
     fn seqs_by_actor(
         &self,
@@ -794,7 +874,7 @@ impl Store for FailingSeals {
         from: u64,
         limit: usize,
     ) -> Result<Vec<u64>, auditlog::store::StoreError> {
-        self.inner.seqs_by_actor(log, actor, from, limit)
+        self.inner().seqs_by_actor(log, actor, from, limit)
     }
     fn seq_range_by_time(
         &self,
@@ -802,27 +882,27 @@ impl Store for FailingSeals {
         since: i64,
         until: i64,
     ) -> Result<std::ops::Range<u64>, auditlog::store::StoreError> {
-        self.inner.seq_range_by_time(log, since, until)
+        self.inner().seq_range_by_time(log, since, until)
     }
     fn node(
         &self,
         log: &str,
         id: auditlog::core::merkle::NodeId,
     ) -> Result<auditlog::core::Hash, auditlog::core::merkle::NodeReadError> {
-        self.inner.node(log, id)
+        self.inner().node(log, id)
     }
     fn checkpoint_at(
         &self,
         log: &str,
         size: u64,
     ) -> Result<Option<String>, auditlog::store::StoreError> {
-        self.inner.checkpoint_at(log, size)
+        self.inner().checkpoint_at(log, size)
     }
     fn segments(
         &self,
         log: &str,
     ) -> Result<Vec<auditlog::store::SegmentInfo>, auditlog::store::StoreError> {
-        self.inner.segments(log)
+        self.inner().segments(log)
     }
     fn remove_payloads(
         &self,
@@ -830,17 +910,18 @@ impl Store for FailingSeals {
         seqs: &[u64],
         state: auditlog::store::PayloadState,
     ) -> Result<auditlog::store::Removal, auditlog::store::StoreError> {
-        self.inner.remove_payloads(log, seqs, state)
+        self.inner().remove_payloads(log, seqs, state)
     }
 }
 
 #[test]
 fn a_timed_seal_that_keeps_failing_is_retried_not_spun_on() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingSeals {
-        inner: Arc::new(auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap()),
-        seals: Default::default(),
+    let store = Arc::new(Hooked {
+        fail_seals: true,
+        ..Hooked::over(dir.path())
     });
+    store.open_gate(true);
     let mut cfg = orders();
     cfg.seal_after = Some(std::time::Duration::from_secs(1));
     let clock = ManualClock::at(1_000_000_000);
@@ -870,4 +951,131 @@ fn a_timed_seal_that_keeps_failing_is_retried_not_spun_on() {
         .append_blocking("orders", vec![input("order:1", "r")])
         .unwrap();
     engine.shutdown();
+}
+
+/// An engine over a [`Hooked`] store whose syncs wait at the gate.
+fn gated(dir: &std::path::Path) -> (Arc<Hooked>, Arc<auditlog::engine::Engine>) {
+    let store = Arc::new(Hooked::over(dir));
+    let engine = auditlog::engine::Engine::start(
+        store.clone(),
+        signer(),
+        vec![orders()],
+        Limits::default(),
+        ManualClock::at(1_000),
+    )
+    .unwrap();
+    (store, Arc::new(engine))
+}
+
+/// Appends on another thread (the call waits for its batch to be durable).
+fn append_in_background(
+    engine: &Arc<auditlog::engine::Engine>,
+    entries: Vec<auditlog::engine::input::EntryInput>,
+) -> thread::JoinHandle<Result<AppendOutcome, AppendError>> {
+    let engine = engine.clone();
+    thread::spawn(move || engine.append_blocking("orders", entries))
+}
+
+#[test]
+fn the_next_batch_is_written_while_one_syncs_and_neither_is_seen_before_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    let a = append_in_background(&engine, vec![input("order:1", "a")]);
+    store.wait_writes(1);
+    // Written, not durable: not answered, not visible to readers.
+    assert_eq!(engine.tree_size("orders"), 0);
+    assert!(engine.checkpoint("orders").unwrap().is_none());
+    assert!(engine.entry("orders", 0, 0).is_err());
+    assert_eq!(store.inner().entry("orders", 0).unwrap(), None);
+    // The next batch is sequenced and written behind it (the pipeline),
+    // still with no sync done.
+    let b = append_in_background(&engine, vec![input("order:2", "b")]);
+    store.wait_writes(2);
+    assert_eq!(store.syncs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(!a.is_finished() && !b.is_finished());
+    assert_eq!(engine.tree_size("orders"), 0);
+    store.open_gate(true);
+    let (a, b) = (a.join().unwrap().unwrap(), b.join().unwrap().unwrap());
+    assert_eq!((a.receipts[0].seq, b.receipts[0].seq), (0, 1));
+    check_receipts(&a, "audit.example.com/orders");
+    check_receipts(&b, "audit.example.com/orders");
+    assert_eq!(engine.tree_size("orders"), 2);
+    let (stored, _, _) = engine.entry("orders", 1, 0).unwrap();
+    assert_eq!(stored.leaf_hash, b.receipts[0].leaf_hash);
+    engine.shutdown();
+    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}
+
+#[test]
+fn a_key_reused_while_its_batch_is_in_flight_is_a_duplicate_not_a_second_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    let first = append_in_background(&engine, vec![keyed("order:1", "a", "k1")]);
+    store.wait_writes(1);
+    // The store cannot see k1 yet: the retry must wait for the first
+    // batch rather than append a second entry.
+    let retry = append_in_background(&engine, vec![keyed("order:1", "a", "k1")]);
+    let other = append_in_background(&engine, vec![keyed("order:1", "b", "k1")]);
+    thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        store.writes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "nothing written behind a batch whose key is reused"
+    );
+    store.open_gate(true);
+    let first = first.join().unwrap().unwrap();
+    let retry = retry.join().unwrap().unwrap();
+    assert!(!first.receipts[0].duplicate);
+    assert!(retry.receipts[0].duplicate);
+    assert_eq!(retry.receipts[0].seq, first.receipts[0].seq);
+    assert_eq!(retry.receipts[0].leaf_hash, first.receipts[0].leaf_hash);
+    check_receipts(&retry, "audit.example.com/orders");
+    assert!(matches!(
+        other.join().unwrap(),
+        Err(AppendError::IdempotencyConflict { seq: 0, .. })
+    ));
+    assert_eq!(engine.tree_size("orders"), 1);
+    engine.shutdown();
+}
+
+#[test]
+fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    store.open_gate(true);
+    let kept = engine
+        .append_blocking("orders", vec![input("order:0", "kept")])
+        .unwrap();
+    *store.gate.0.lock().unwrap() = None;
+    let a = append_in_background(&engine, vec![input("order:1", "a")]);
+    store.wait_writes(2);
+    let b = append_in_background(&engine, vec![input("order:2", "b")]);
+    store.wait_writes(3);
+    store.open_gate(false);
+    for r in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(matches!(r, Err(AppendError::Unavailable(_))), "{r:?}");
+    }
+    // Nothing of them is visible, and the log is refused until a restart.
+    assert_eq!(engine.tree_size("orders"), 1);
+    assert!(matches!(
+        engine.append_blocking("orders", vec![input("order:3", "c")]),
+        Err(AppendError::Unavailable(_))
+    ));
+    engine.shutdown();
+    drop(engine);
+    drop(store);
+    // After a restart the acknowledged entry is there with its leaf hash,
+    // the store verifies, and appends go on from a whole chain.
+    let f = open(dir.path(), vec![orders()], ManualClock::at(2_000));
+    let (stored, _, _) = f.engine.entry("orders", 0, 0).unwrap();
+    assert_eq!(stored.leaf_hash, kept.receipts[0].leaf_hash);
+    let next = f
+        .engine
+        .append_blocking("orders", vec![input("order:4", "d")])
+        .unwrap();
+    check_receipts(&next, "audit.example.com/orders");
+    f.close();
+    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
 }

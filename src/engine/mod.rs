@@ -5,25 +5,37 @@
 //!  append() ──prepare (validate, salt, commitment) on the caller's thread──┐
 //!                                                                          ▼
 //!  log thread:  gather every queued request ─▶ idempotency ─▶ Sequencer::sequence
-//!               ─▶ sign checkpoint ─▶ store.append (write + fdatasync + index)
-//!               ─▶ Sequencer::commit ─▶ receipts with proofs ─▶ reply to each caller
+//!               ─▶ sign checkpoint ─▶ store.write_unsynced ─▶ receipts' proofs
+//!               ─▶ Sequencer::commit ─▶ hand over to the syncer, next batch
+//!  syncer:      one fdatasync for every batch handed over ─▶ store.publish
+//!               ─▶ reply to each caller              (see [`pipeline`])
 //! ```
 //!
+//! On a shared store (PostgreSQL) there is no pipeline: the log thread
+//! writes each batch durably under the log's head lock and replies itself.
+//!
 //! Invariants:
-//! - A reply is sent only after the store returned from a durable append.
+//! - A reply is sent only after the batch is durable and published.
 //! - A request is all or nothing: it is validated whole before it is queued,
 //!   and an idempotency conflict fails the whole request.
-//! - The state of a log thread (its [`Sequencer`]) moves only after a
-//!   durable write; a failed write fails every request of the batch and
-//!   leaves the state as it was.
+//! - The state of a log thread (its [`Sequencer`]) moves past a batch only
+//!   once the store wrote it; when a write or a sync fails, every request of
+//!   that batch and of the batches behind it fails, and the state goes back
+//!   to the last durable batch.
+//! - An idempotency key of a batch in flight (written, not yet published,
+//!   so not yet in the store's index) is never planned against the store:
+//!   a request reusing it waits for that batch.
+//! - Seals and answers of only duplicates wait for every batch in flight.
 //! - Readers see a log's size and checkpoint only after the nodes and
-//!   entries behind them are indexed.
+//!   entries behind them are durable and indexed.
 
 pub mod admin;
 pub mod input;
+mod pipeline;
 pub mod sequencer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -36,7 +48,9 @@ use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::{self, TreeError};
 use crate::core::note::SignerKey;
 use crate::core::seal::{Seal, SealReason};
-use crate::store::{HeadLock, LogHead, LogNodes, LogSpec, Store, StoreError, StoredEntry};
+use crate::store::{
+    Batch, HeadLock, LogHead, LogNodes, LogSpec, Store, StoreError, StoredEntry, SyncPoint,
+};
 
 use input::{prepare, AppendError, EntryInput, Limits, PreparedEntry};
 use sequencer::{OverlayReader, Sequencer};
@@ -274,6 +288,10 @@ impl Engine {
                 },
                 metrics: metrics.clone(),
                 last_failure: None,
+                syncer: None,
+                in_flight_keys: HashMap::new(),
+                in_flight_batches: VecDeque::new(),
+                key_hasher: std::hash::RandomState::new(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("seq-{}", config.name))
@@ -801,6 +819,15 @@ struct Worker {
     /// After a timed seal failed (store down, disk full): not before this,
     /// so a seal that keeps failing is retried, not spun on.
     timer_retry: Option<std::time::Instant>,
+    /// The second stage of pipelined appends (see [`pipeline`]), started by
+    /// the first batch the store writes without a sync.
+    syncer: Option<pipeline::Syncer>,
+    /// Hashes of the idempotency keys of batches in flight (written, not
+    /// yet published), with the end seq of the batch that used each last.
+    in_flight_keys: HashMap<u64, u64>,
+    /// The batches in flight: end seq and key hashes, oldest first.
+    in_flight_batches: VecDeque<(u64, Vec<u64>)>,
+    key_hasher: std::hash::RandomState,
 }
 
 /// How long a failed timed seal waits before it is tried again.
@@ -864,7 +891,10 @@ impl Worker {
                     self.timer_retry = (!ok).then(|| std::time::Instant::now() + TIMER_RETRY);
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.drain();
+                    return;
+                }
             };
             self.close_windows();
             // On a shared store, take the log's head lock first: whatever
@@ -965,6 +995,8 @@ impl Worker {
     /// Seals the open segment with its span ending at `span_to` (or at the
     /// last timestamp given out, if later).
     fn seal_at(&mut self, span_to: i64, reason: SealReason) -> Result<Sealed, AppendError> {
+        // A seal closes what is durable: every batch in flight first.
+        self.drain();
         let unavailable = |e: StoreError| AppendError::Unavailable(e.to_string());
         let store = self.store.clone();
         let lock = store.lock_head(&self.config.name).map_err(unavailable)?;
@@ -1184,9 +1216,16 @@ impl Worker {
         v.checkpoint = head.latest_checkpoint.clone();
     }
 
-    /// Plans, sequences, signs and writes a batch (under `lock` on a
-    /// shared store), then answers every request.
+    /// Plans, sequences, signs and writes a batch. On a shared store this
+    /// happens under `lock` and the batch is durable before the requests
+    /// are answered here; otherwise it is pipelined: written without a
+    /// sync and handed to the syncer thread, which answers once it is
+    /// durable, while this thread goes on with the next batch.
     fn write_batch(&mut self, requests: Vec<Request>, lock: Option<Box<dyn HeadLock + '_>>) {
+        let pipelined = lock.is_none();
+        if pipelined {
+            self.settle_in_flight(&requests);
+        }
         let (fresh, pending) = self.plan(requests);
         if pending.is_empty() {
             return;
@@ -1207,6 +1246,15 @@ impl Worker {
                 )));
             }
             return;
+        }
+        // A duplicate's proof reaches into batches still in flight (whose
+        // nodes the store has not indexed yet), and an answer of only
+        // duplicates names the latest checkpoint: both wait for them.
+        let any_duplicate = pending
+            .iter()
+            .any(|p| p.slots.iter().any(|s| matches!(s, Slot::Duplicate { .. })));
+        if fresh.is_empty() || any_duplicate {
+            self.drain();
         }
         let log = self.config.name.clone();
         let frontier = self.sequencer.frontier_nodes();
@@ -1231,55 +1279,45 @@ impl Worker {
                 .collect();
             merkle::inclusion_proofs::<Blake3>(&reader, all, size)
         };
-        let (first_seq, ts, leaves, size, checkpoint, proofs, next) = if fresh.is_empty() {
+        if fresh.is_empty() {
             // Only duplicates: answer against the latest checkpoint.
             let Some(cp) = self.checkpoint.clone() else {
-                for p in pending {
-                    let _ = p
-                        .reply
-                        .send(Err(AppendError::Unavailable("no checkpoint yet".into())));
-                }
+                fail_all(pending, "no checkpoint yet");
                 return;
             };
             let size = self.sequencer.size();
-            let proofs = prove(size, size, &sequencer::NodeMap::default());
-            (size, 0, Vec::new(), size, cp, proofs, None)
-        } else {
-            // Entries stay inside the open segment's window (the clock may
-            // have crossed its end since `close_windows` looked).
-            let now = match self.window_end() {
-                Some(end) => self.clock.now().min(end - 1),
-                None => self.clock.now(),
-            };
-            let proposal = self.sequencer.sequence(fresh, now);
-            let (mut batch, cp, new_nodes, next) = proposal.into_parts();
-            let signed = match cp.sign(&self.signing_key()) {
-                Ok(s) => s,
-                Err(e) => {
-                    for p in pending {
-                        let _ = p
-                            .reply
-                            .send(Err(AppendError::Unavailable(format!("signing: {e}"))));
-                    }
-                    return;
-                }
-            };
-            batch.checkpoint = signed.clone();
+            match prove(size, size, &sequencer::NodeMap::default()) {
+                Ok(proofs) => answer(pending, size, &[], 0, proofs, &cp, size),
+                Err(e) => fail_all(pending, &format!("building proofs: {e}")),
+            }
+            return;
+        }
+        // Entries stay inside the open segment's window (the clock may have
+        // crossed its end since `close_windows` looked).
+        let now = match self.window_end() {
+            Some(end) => self.clock.now().min(end - 1),
+            None => self.clock.now(),
+        };
+        let proposal = self.sequencer.sequence(fresh, now);
+        let (mut batch, cp, new_nodes, next) = proposal.into_parts();
+        let signed = match cp.sign(&self.signing_key()) {
+            Ok(s) => s,
+            Err(e) => {
+                fail_all(pending, &format!("signing: {e}"));
+                return;
+            }
+        };
+        batch.checkpoint = signed.clone();
+        let store = &self.store;
+        let started = std::time::Instant::now();
+        let (written, proofs) = if let Some(l) = lock {
             // Proofs do not depend on durability: build them while the
             // store writes and syncs, and send them only once it has.
             // (A thread per batch costs tens of microseconds: only worth it
             // when the proofs take longer than that.)
-            let store = &self.store;
-            let started = std::time::Instant::now();
-            let (written, proofs) = if batch.entries.len() >= OVERLAP_PROOFS_FROM {
+            if batch.entries.len() >= OVERLAP_PROOFS_FROM {
                 std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| {
-                        match lock {
-                            Some(l) => l.append(&batch),
-                            None => store.append(&log, &batch),
-                        }
-                        .map(|()| started.elapsed())
-                    });
+                    let writer = scope.spawn(|| l.append(&batch).map(|()| None));
                     let proofs = prove(batch.first_seq, cp.size, &new_nodes);
                     let written = writer.join().unwrap_or_else(|_| {
                         Err(StoreError::Index(
@@ -1289,94 +1327,253 @@ impl Worker {
                     (written, proofs)
                 })
             } else {
-                let written = match lock {
-                    Some(l) => l.append(&batch),
-                    None => store.append(&log, &batch),
-                };
-                let write_time = started.elapsed();
-                (
-                    written.map(|()| write_time),
-                    prove(batch.first_seq, cp.size, &new_nodes),
-                )
-            };
-            let write_time = match written {
-                Ok(t) => t,
-                Err(e) => {
-                    let message = e.to_string();
-                    // Once per distinct failure, not once per batch.
-                    if self.last_failure.as_deref() != Some(message.as_str()) {
-                        tracing::error!(log = %log, error = %message, "appends failing: the store did not make a batch durable");
-                        self.last_failure = Some(message.clone());
-                    }
-                    for p in pending {
-                        let _ = p.reply.send(Err(AppendError::Unavailable(message.clone())));
-                    }
-                    return;
-                }
-            };
-            if self.last_failure.take().is_some() {
-                tracing::info!(log = %log, "appends succeed again");
+                let written = l.append(&batch).map(|()| None);
+                (written, prove(batch.first_seq, cp.size, &new_nodes))
             }
-            let bytes = batch.entries.iter().map(|e| e.entry.payload_len).sum();
-            self.metrics.batch(batch.entries.len(), bytes, write_time);
-            let ts = batch.entries[0].entry.timestamp_unix_nanos;
-            let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
-            (
-                batch.first_seq,
-                ts,
-                leaves,
-                cp.size,
-                signed,
-                proofs,
-                Some(next),
-            )
+        } else {
+            let written = store.write_unsynced(&log, &batch);
+            (written, prove(batch.first_seq, cp.size, &new_nodes))
         };
-        if let Some(next) = next {
-            self.sequencer.commit(next);
-            self.checkpoint = Some(checkpoint.clone());
-            let mut v = self.view.write().expect("view lock");
-            v.size = self.sequencer.size();
-            v.checkpoint = Some(checkpoint.clone());
-        }
-        let mut proofs = match proofs {
-            Ok(p) => p.into_iter(),
+        let point = match written {
+            Ok(point) => point,
             Err(e) => {
-                for p in pending {
-                    let _ = p.reply.send(Err(AppendError::Unavailable(format!(
-                        "building proofs: {e}"
-                    ))));
-                }
+                self.failed(&e.to_string(), pending);
                 return;
             }
         };
-        for p in pending {
-            let receipts = p
-                .slots
-                .iter()
-                .map(|slot| {
-                    let (seq, leaf, ts, duplicate) = match *slot {
-                        Slot::New(j) => (first_seq + j as u64, leaves[j], ts, false),
-                        Slot::DuplicateInBatch(j) => (first_seq + j as u64, leaves[j], ts, true),
-                        Slot::Duplicate { seq, leaf, ts } => (seq, leaf, ts, true),
-                    };
-                    Receipt {
-                        seq,
-                        leaf_hash: leaf,
-                        timestamp_unix_nanos: ts,
-                        duplicate,
-                        // Invariant: one proof per slot, in the same order.
-                        inclusion_proof: proofs.next().expect("one proof per slot"),
-                    }
-                })
-                .collect();
-            let _ = p.reply.send(Ok(AppendOutcome {
-                receipts,
-                checkpoint: checkpoint.clone(),
-                tree_size: size,
-            }));
+        let proofs = match proofs {
+            Ok(p) => p,
+            Err(e) => {
+                // Written but not acknowledged: the next batch chains on
+                // it, as after a crash that kept it.
+                if let Some(point) = point {
+                    self.hand_over(batch, point, Vec::new(), Vec::new(), signed, next, started);
+                } else {
+                    self.commit(next, &signed, true);
+                }
+                fail_all(pending, &format!("building proofs: {e}"));
+                return;
+            }
+        };
+        match point {
+            Some(point) => self.hand_over(batch, point, pending, proofs, signed, next, started),
+            None => {
+                if self.last_failure.take().is_some() {
+                    tracing::info!(log = %log, "appends succeed again");
+                }
+                let bytes = batch.entries.iter().map(|e| e.entry.payload_len).sum();
+                self.metrics
+                    .batch(batch.entries.len(), bytes, started.elapsed());
+                self.commit(next, &signed, true);
+                let ts = batch.entries[0].entry.timestamp_unix_nanos;
+                let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
+                answer(
+                    pending,
+                    batch.first_seq,
+                    &leaves,
+                    ts,
+                    proofs,
+                    &signed,
+                    cp.size,
+                );
+            }
         }
         if self.sequencer.segment_len() >= self.config.seal_max_entries {
             self.seal(SealReason::Size).ok();
         }
+    }
+
+    /// Moves to the state after a written batch; `visible` when it is
+    /// durable and indexed already (readers may see it).
+    fn commit(&mut self, next: sequencer::ProposalState, signed: &str, visible: bool) {
+        self.sequencer.commit(next);
+        self.checkpoint = Some(signed.to_owned());
+        if visible {
+            let mut v = self.view.write().expect("view lock");
+            v.size = self.sequencer.size();
+            v.checkpoint = Some(signed.to_owned());
+        }
+    }
+
+    /// Answers a batch the store did not write, once per distinct failure
+    /// in the log.
+    fn failed(&mut self, message: &str, pending: Vec<Pending>) {
+        if self.last_failure.as_deref() != Some(message) {
+            tracing::error!(log = %self.config.name, error = %message, "appends failing: the store did not make a batch durable");
+            self.last_failure = Some(message.to_owned());
+        }
+        fail_all(pending, message);
+    }
+
+    /// Hands a written batch to the syncer thread (started on first use),
+    /// which answers `pending` once it is durable; this thread goes on from
+    /// the state after it.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over(
+        &mut self,
+        batch: Batch,
+        point: SyncPoint,
+        pending: Vec<Pending>,
+        proofs: Vec<Vec<Hash>>,
+        signed: String,
+        next: sequencer::ProposalState,
+        started: std::time::Instant,
+    ) {
+        if self.syncer.is_none() {
+            let target = pipeline::Target {
+                store: self.store.clone(),
+                log: self.config.name.clone(),
+                view: self.view.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let published = self.view.read().expect("view lock").size;
+            match pipeline::Syncer::start(target, published) {
+                Ok(s) => self.syncer = Some(s),
+                Err(e) => {
+                    // Without a syncer thread, sync here.
+                    let synced = point.sync();
+                    let published = self.store.publish(&self.config.name, &batch, synced);
+                    tracing::warn!(log = %self.config.name, error = %e, "no syncer thread");
+                    return match published {
+                        Ok(()) => {
+                            self.commit(next, &signed, true);
+                            let ts = batch.entries[0].entry.timestamp_unix_nanos;
+                            let leaves: Vec<Hash> =
+                                batch.entries.iter().map(|e| e.leaf_hash).collect();
+                            let size = self.sequencer.size();
+                            answer(pending, batch.first_seq, &leaves, ts, proofs, &signed, size);
+                        }
+                        Err(e) => self.failed(&e.to_string(), pending),
+                    };
+                }
+            }
+        }
+        let before = (self.sequencer.clone(), self.checkpoint.clone());
+        self.commit(next, &signed, false);
+        let end = self.sequencer.size();
+        let keys: Vec<u64> = batch
+            .entries
+            .iter()
+            .map(|e| e.entry.idempotency_key.as_str())
+            .filter(|k| !k.is_empty())
+            .map(|k| self.key_hasher.hash_one(k))
+            .collect();
+        for &k in &keys {
+            self.in_flight_keys.insert(k, end);
+        }
+        self.in_flight_batches.push_back((end, keys));
+        let job = pipeline::Job {
+            batch,
+            point,
+            pending,
+            proofs,
+            checkpoint: signed,
+            before,
+            started,
+        };
+        self.syncer.as_mut().expect("started above").send(job);
+    }
+
+    /// Before planning a pipelined batch: goes back to the durable state
+    /// if a batch in flight failed, forgets the idempotency keys of
+    /// batches published since, and waits for the batches in flight when
+    /// `requests` reuse one of their keys (the store cannot see those keys
+    /// yet).
+    fn settle_in_flight(&mut self, requests: &[Request]) {
+        let Some(syncer) = &self.syncer else {
+            return;
+        };
+        if syncer.failed() {
+            self.drain();
+            return;
+        }
+        let published = syncer.published_end();
+        while let Some((end, _)) = self.in_flight_batches.front() {
+            if *end > published {
+                break;
+            }
+            let (end, keys) = self.in_flight_batches.pop_front().expect("front");
+            for k in keys {
+                if self.in_flight_keys.get(&k) == Some(&end) {
+                    self.in_flight_keys.remove(&k);
+                }
+            }
+        }
+        if self.in_flight_keys.is_empty() {
+            return;
+        }
+        let reused = requests
+            .iter()
+            .flat_map(|(entries, _)| entries.iter())
+            .map(|e| e.input.idempotency_key.as_str())
+            .filter(|k| !k.is_empty())
+            .any(|k| {
+                self.in_flight_keys
+                    .contains_key(&self.key_hasher.hash_one(k))
+            });
+        if reused {
+            self.drain();
+        }
+    }
+
+    /// Waits until every batch in flight is answered; after a failure,
+    /// continues from the state before the first batch that failed.
+    fn drain(&mut self) {
+        if let Some(syncer) = &mut self.syncer {
+            if let Some((sequencer, checkpoint)) = syncer.drain() {
+                self.sequencer = sequencer;
+                self.checkpoint = checkpoint;
+            }
+        }
+        self.in_flight_keys.clear();
+        self.in_flight_batches.clear();
+    }
+}
+
+/// Fails every request of a batch with `UNAVAILABLE`.
+fn fail_all(pending: Vec<Pending>, why: &str) {
+    for p in pending {
+        let _ = p.reply.send(Err(AppendError::Unavailable(why.to_owned())));
+    }
+}
+
+/// Answers every request of a batch whose new entries start at
+/// `first_seq` with `leaves` (timestamp `ts`), with one proof per slot in
+/// `proofs`, against `checkpoint` (of size `size`).
+fn answer(
+    pending: Vec<Pending>,
+    first_seq: u64,
+    leaves: &[Hash],
+    ts: i64,
+    proofs: Vec<Vec<Hash>>,
+    checkpoint: &str,
+    size: u64,
+) {
+    let mut proofs = proofs.into_iter();
+    for p in pending {
+        let receipts = p
+            .slots
+            .iter()
+            .map(|slot| {
+                let (seq, leaf, ts, duplicate) = match *slot {
+                    Slot::New(j) => (first_seq + j as u64, leaves[j], ts, false),
+                    Slot::DuplicateInBatch(j) => (first_seq + j as u64, leaves[j], ts, true),
+                    Slot::Duplicate { seq, leaf, ts } => (seq, leaf, ts, true),
+                };
+                Receipt {
+                    seq,
+                    leaf_hash: leaf,
+                    timestamp_unix_nanos: ts,
+                    duplicate,
+                    // Invariant: one proof per slot, in the same order.
+                    inclusion_proof: proofs.next().expect("one proof per slot"),
+                }
+            })
+            .collect();
+        let _ = p.reply.send(Ok(AppendOutcome {
+            receipts,
+            checkpoint: checkpoint.to_owned(),
+            tree_size: size,
+        }));
     }
 }

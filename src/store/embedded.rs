@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
+use std::io;
 use std::ops::ControlFlow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ use super::segment::{
 };
 use super::{
     Batch, LogHead, LogSpec, OpenSegment, Removal, SegmentInfo, Store, StoreError, StoredEntry,
+    SyncPoint,
 };
 
 /// What recovery cut from a log's last segment (never acknowledged data).
@@ -66,10 +68,22 @@ struct LogState {
     writer: SegmentWriter,
     segment: u64,
     segment_first_seq: u64,
+    /// Entries published: durable, indexed and visible to readers.
     size: u64,
+    /// Batches written to the open segment but not yet published (see
+    /// [`Store::write_unsynced`]), oldest first; `size` plus their entries
+    /// is where the next batch starts.
+    unpublished: std::collections::VecDeque<Unpublished>,
     refused: Option<(String, String)>,
     /// Index jobs sent to the indexer.
     jobs_sent: u64,
+}
+
+/// A batch in the open segment file, not yet published.
+struct Unpublished {
+    first_seq: u64,
+    /// File offset of each entry record.
+    offsets: Vec<u64>,
 }
 
 /// Keyed-index work handed to a log's indexer thread, in log order. The
@@ -114,6 +128,13 @@ struct LogFiles {
 }
 
 impl LogState {
+    /// Seq the next written batch starts at.
+    fn written(&self) -> u64 {
+        self.unpublished
+            .back()
+            .map_or(self.size, |u| u.first_seq + u.offsets.len() as u64)
+    }
+
     /// Fails while the log is refused (corruption found, or a failed write).
     fn check_serving(&self, log: &str) -> Result<(), StoreError> {
         match &self.refused {
@@ -144,6 +165,20 @@ impl LogFiles {
                 "the indexer stopped; restart to rebuild".into(),
             ));
         }
+    }
+}
+
+/// Refuses the log after a failed write or sync of its open segment (the
+/// file may hold a torn tail, which the next start cuts back).
+fn refuse_write(st: &mut LogState, what: &str, e: io::Error) -> StoreError {
+    let location = st.writer.path().display().to_string();
+    st.refused = Some((
+        location.clone(),
+        format!("write failed: {e}; restart to recover"),
+    ));
+    StoreError::Io {
+        context: format!("{what} {location}"),
+        source: e,
     }
 }
 
@@ -897,14 +932,23 @@ impl Store for EmbeddedStore {
     }
 
     fn append(&self, log: &str, batch: &Batch) -> Result<(), StoreError> {
+        let synced = match self.write_unsynced(log, batch)? {
+            Some(point) => point.sync(),
+            None => Ok(()),
+        };
+        self.publish(log, batch, synced)
+    }
+
+    fn write_unsynced(&self, log: &str, batch: &Batch) -> Result<Option<SyncPoint>, StoreError> {
         let files = self.log(log)?;
         let mut st = files.state.lock().expect("log state lock");
         st.check_serving(log)?;
-        if batch.first_seq != st.size {
+        let written = st.written();
+        if batch.first_seq != written {
             return Err(StoreError::HeadMoved {
                 log: log.to_owned(),
                 expected: batch.first_seq,
-                actual: st.size,
+                actual: written,
             });
         }
         let payload_bytes: usize = batch
@@ -932,17 +976,33 @@ impl Store for EmbeddedStore {
             RecordKind::Checkpoint,
             batch.checkpoint.as_bytes(),
         );
-        if let Err(e) = st.writer.write_and_sync(&buf) {
-            let location = st.writer.path().display().to_string();
-            st.refused = Some((
-                location.clone(),
-                format!("write failed: {e}; restart to recover"),
-            ));
-            return Err(StoreError::Io {
-                context: format!("append to {location}"),
-                source: e,
-            });
+        if let Err(e) = st.writer.write(&buf) {
+            return Err(refuse_write(&mut st, "append to", e));
         }
+        st.unpublished.push_back(Unpublished {
+            first_seq: batch.first_seq,
+            offsets,
+        });
+        Ok(Some(SyncPoint::new(st.writer.sync_point())))
+    }
+
+    fn publish(&self, log: &str, batch: &Batch, synced: io::Result<()>) -> Result<(), StoreError> {
+        let files = self.log(log)?;
+        let mut st = files.state.lock().expect("log state lock");
+        if let Err(e) = synced {
+            return Err(refuse_write(&mut st, "sync of", e));
+        }
+        // A refusal after the write (a later batch's failed write or sync)
+        // refuses this batch too: it shares the file's fate.
+        st.check_serving(log)?;
+        let oldest = st.unpublished.front().map(|u| u.first_seq);
+        if oldest != Some(batch.first_seq) {
+            return Err(StoreError::Index(format!(
+                "publish of the batch at seq {} out of order (oldest unpublished: {oldest:?})",
+                batch.first_seq
+            )));
+        }
+        let Unpublished { offsets, .. } = st.unpublished.pop_front().expect("checked");
         let dense: Vec<DenseEntry> = batch
             .entries
             .iter()
@@ -993,6 +1053,7 @@ impl Store for EmbeddedStore {
         if seal.segment != st.segment
             || seal.first_seq != st.segment_first_seq
             || seal.end_seq != st.size
+            || !st.unpublished.is_empty()
         {
             return Err(StoreError::Index(format!(
                 "seal of segment {} [{}, {}) does not close the open segment {} [{}, {})",
@@ -1007,15 +1068,7 @@ impl Store for EmbeddedStore {
         let mut buf = Vec::new();
         encode_other_record(&mut buf, RecordKind::Seal, signed.as_bytes());
         if let Err(e) = st.writer.write_and_sync(&buf) {
-            let location = st.writer.path().display().to_string();
-            st.refused = Some((
-                location.clone(),
-                format!("write failed: {e}; restart to recover"),
-            ));
-            return Err(StoreError::Io {
-                context: format!("seal {location}"),
-                source: e,
-            });
+            return Err(refuse_write(&mut st, "seal", e));
         }
         files.send_job(
             &mut st,
@@ -1431,6 +1484,7 @@ impl EmbeddedStore {
                 segment,
                 segment_first_seq,
                 size,
+                unpublished: Default::default(),
                 refused: None,
                 jobs_sent: 0,
             }),

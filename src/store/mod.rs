@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod postings;
 pub mod segment;
 
+use std::io;
 use std::ops::Range;
 
 use crate::core::entry::{Entry, Salt};
@@ -267,6 +268,38 @@ pub trait Store: Send + Sync + 'static {
     /// size; I/O; a refused log.
     fn append(&self, log: &str, batch: &Batch) -> Result<(), StoreError>;
 
+    /// The first half of a pipelined append: writes `batch` after every
+    /// batch written before it, without waiting for it to be durable, so
+    /// that the next batch can be prepared while this one syncs.
+    ///
+    /// `None` when the store made the batch durable and visible already
+    /// (the default: [`Store::append`]). Otherwise the caller runs the
+    /// [`SyncPoint`] (on any thread; it covers every batch written before
+    /// it too) and then calls [`Store::publish`] for each written batch, in
+    /// the order written. Until then the batch is invisible to readers and
+    /// is not acknowledged: a crash may keep it whole or drop it whole.
+    ///
+    /// # Errors
+    /// As [`Store::append`]; `first_seq` must follow the last batch written.
+    fn write_unsynced(&self, log: &str, batch: &Batch) -> Result<Option<SyncPoint>, StoreError> {
+        self.append(log, batch).map(|()| None)
+    }
+
+    /// The second half of a pipelined append: makes the oldest batch
+    /// written by [`Store::write_unsynced`] and not yet published visible,
+    /// given the outcome of a sync point run after it was written. A failed
+    /// sync refuses the log, as a failed [`Store::append`] does.
+    ///
+    /// # Errors
+    /// The sync's error; `batch` is not the oldest unpublished one; index
+    /// failures.
+    fn publish(&self, log: &str, batch: &Batch, synced: io::Result<()>) -> Result<(), StoreError> {
+        let _ = (batch, synced);
+        Err(StoreError::Index(format!(
+            "{log}: publish without a pipelined write"
+        )))
+    }
+
     /// Seals the open segment durably and opens the next one (whose span
     /// starts at `seal.span_to`).
     ///
@@ -380,6 +413,26 @@ pub trait Store: Send + Sync + 'static {
         seqs: &[u64],
         state: PayloadState,
     ) -> Result<Removal, StoreError>;
+}
+
+/// Makes durable what a store wrote before it was made (see
+/// [`Store::write_unsynced`]); run on any thread, it does not stop the
+/// store writing the next batch meanwhile.
+pub struct SyncPoint(Box<dyn FnOnce() -> io::Result<()> + Send>);
+
+impl SyncPoint {
+    /// A sync point that runs `sync`.
+    pub fn new(sync: impl FnOnce() -> io::Result<()> + Send + 'static) -> SyncPoint {
+        SyncPoint(Box::new(sync))
+    }
+
+    /// Makes the writes before it durable.
+    ///
+    /// # Errors
+    /// The sync's I/O error.
+    pub fn sync(self) -> io::Result<()> {
+        (self.0)()
+    }
 }
 
 /// A log's head, locked in a shared store (see [`Store::lock_head`]).

@@ -16,6 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::entry::{leaf_hash_of_encoding, Entry, Salt, SALT_LEN};
 use crate::core::hash::{blake3_concat, Hash, HASH_LEN};
@@ -442,6 +443,9 @@ pub fn read_record_at(path: &Path, offset: u64) -> io::Result<Result<Record, Bad
 pub struct SegmentWriter {
     path: PathBuf,
     file: BufWriter<File>,
+    /// The same open file, for syncs on another thread while the next
+    /// batch is written.
+    sync: Arc<File>,
     len: u64,
 }
 
@@ -469,6 +473,7 @@ impl SegmentWriter {
             .open(&tmp)?;
         let mut w = SegmentWriter {
             path: path.clone(),
+            sync: Arc::new(file.try_clone()?),
             file: BufWriter::with_capacity(1 << 20, file),
             len: 0,
         };
@@ -515,6 +520,7 @@ impl SegmentWriter {
         file.seek(SeekFrom::Start(len))?;
         Ok(SegmentWriter {
             path: path.to_owned(),
+            sync: Arc::new(file.try_clone()?),
             file: BufWriter::with_capacity(1 << 20, file),
             len,
         })
@@ -541,13 +547,34 @@ impl SegmentWriter {
     /// # Errors
     /// I/O errors.
     pub fn write_and_sync(&mut self, framed: &[u8]) -> io::Result<()> {
+        self.write(framed)?;
+        self.sync_point()()
+    }
+
+    /// Appends framed records without waiting for them to be durable: they
+    /// are in the file (and read back) but a crash may lose them until a
+    /// [`SegmentWriter::sync_point`] taken after this call has run. On error
+    /// the file may hold a torn tail, which recovery cuts.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write(&mut self, framed: &[u8]) -> io::Result<()> {
         self.file.write_all(framed)?;
         self.file.flush()?;
-        let started = std::time::Instant::now();
-        self.file.get_ref().sync_data()?;
-        crate::metrics::global().fsync(started.elapsed());
         self.len += framed.len() as u64;
         Ok(())
+    }
+
+    /// An `fdatasync` of the file, to run on any thread: it makes durable
+    /// every write made before it starts, and does not stop the writer.
+    pub fn sync_point(&self) -> impl FnOnce() -> io::Result<()> + Send + 'static {
+        let file = self.sync.clone();
+        move || {
+            let started = std::time::Instant::now();
+            file.sync_data()?;
+            crate::metrics::global().fsync(started.elapsed());
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,243 @@
+//! The second stage of a log's pipelined group commit, on its own thread:
+//! make written batches durable, publish them, answer their requests.
+//!
+//! ```text
+//!  log thread:    plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ proofs ─▶ Job ──┐
+//!                 (batch N+1 is prepared and written while batch N syncs)        ▼
+//!  syncer thread: take every queued job ─▶ one fdatasync for all ─▶ publish each, in
+//!                 order (index, then the readers' size) ─▶ answer each request
+//! ```
+//!
+//! Invariants:
+//! - A job is answered only after a sync that started after its batch was
+//!   written returned without error, and after the store published it: no
+//!   receipt names an entry a crash could lose or a reader cannot find.
+//! - Jobs are synced, published and answered in the order they were sent,
+//!   which is the order their batches were written.
+//! - After a failed sync or publish, every later job fails too (their
+//!   batches chain on the failed one), and [`Syncer::drain`] hands the log
+//!   thread the state from before the first failed batch.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::core::hash::Hash;
+use crate::store::{Batch, Store, SyncPoint};
+
+use super::input::AppendError;
+use super::sequencer::Sequencer;
+use super::{answer, LogView, Pending};
+
+/// Jobs in flight before the log thread waits for the syncer: bounds the
+/// memory held by written but unanswered batches.
+const MAX_IN_FLIGHT: u64 = 8;
+
+/// A written batch on its way to its answers.
+pub(super) struct Job {
+    pub batch: Batch,
+    /// Syncs every write up to and including this batch's.
+    pub point: SyncPoint,
+    pub pending: Vec<Pending>,
+    /// One proof per slot of `pending`, in order, at the batch's size.
+    pub proofs: Vec<Vec<Hash>>,
+    /// The batch's signed checkpoint.
+    pub checkpoint: String,
+    /// The log thread's state before the batch (restored if it fails).
+    pub before: (Sequencer, Option<String>),
+    /// When the write started.
+    pub started: Instant,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Jobs answered (successfully or not).
+    done: u64,
+    /// Entries published (the log's durable size, once known).
+    published_end: u64,
+    /// The state before the first failed job, until the log thread takes it.
+    failed: Option<(Sequencer, Option<String>)>,
+}
+
+/// Handle of a log's syncer thread, owned by the log thread.
+pub(super) struct Syncer {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+    sent: u64,
+}
+
+/// What the syncer thread needs of the log.
+pub(super) struct Target {
+    pub store: Arc<dyn Store>,
+    pub log: String,
+    pub view: Arc<RwLock<LogView>>,
+    pub metrics: Arc<crate::metrics::LogMetrics>,
+}
+
+impl Syncer {
+    /// Starts the syncer thread of a log whose published size is `size`.
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn start(target: Target, size: u64) -> std::io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel();
+        let progress = Arc::new((
+            Mutex::new(Progress {
+                published_end: size,
+                ..Progress::default()
+            }),
+            Condvar::new(),
+        ));
+        let p = progress.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sync-{}", target.log))
+            .spawn(move || run(target, rx, p))?;
+        Ok(Syncer {
+            tx: Some(tx),
+            thread: Some(thread),
+            progress,
+            sent: 0,
+        })
+    }
+
+    /// Hands a written batch over; waits first while too many are in flight.
+    /// A job the thread can no longer take is answered here, with an error.
+    pub fn send(&mut self, job: Job) {
+        drop(self.wait_until(|p, sent| sent - p.done < MAX_IN_FLIGHT));
+        let Some(tx) = &self.tx else {
+            return fail(job.pending, "the syncer stopped");
+        };
+        match tx.send(job) {
+            Ok(()) => self.sent += 1,
+            Err(mpsc::SendError(job)) => fail(job.pending, "the syncer stopped"),
+        }
+    }
+
+    /// Entries published so far (everything below is durable and indexed).
+    pub fn published_end(&self) -> u64 {
+        self.progress.0.lock().expect("progress lock").published_end
+    }
+
+    /// True when a job failed since the last [`Syncer::drain`].
+    pub fn failed(&self) -> bool {
+        self.progress
+            .0
+            .lock()
+            .expect("progress lock")
+            .failed
+            .is_some()
+    }
+
+    /// Waits until every job sent is answered. `Some(state)` when one
+    /// failed: the log thread's state from before the first failed batch,
+    /// to continue from (the store refused the batches after it too).
+    pub fn drain(&mut self) -> Option<(Sequencer, Option<String>)> {
+        if self.sent == 0 {
+            return None;
+        }
+        let mut p = self.wait_until(|p, sent| p.done == sent);
+        p.failed.take()
+    }
+
+    fn wait_until(
+        &self,
+        ready: impl Fn(&Progress, u64) -> bool,
+    ) -> std::sync::MutexGuard<'_, Progress> {
+        let (lock, cv) = &*self.progress;
+        let mut p = lock.lock().expect("progress lock");
+        while !ready(&p, self.sent) {
+            p = cv.wait(p).expect("progress lock");
+        }
+        p
+    }
+}
+
+impl Drop for Syncer {
+    /// Answers everything in flight, then stops the thread.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fail(pending: Vec<Pending>, why: &str) {
+    for p in pending {
+        let _ = p.reply.send(Err(AppendError::Unavailable(why.to_owned())));
+    }
+}
+
+fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, Condvar)>) {
+    // The last store failure logged (logged again only when it changes).
+    let mut last_failure: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        // Group the syncs: the newest job's sync point covers every batch
+        // written before it.
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
+        let point = jobs
+            .iter_mut()
+            .map(|j| std::mem::replace(&mut j.point, SyncPoint::new(|| Ok(()))))
+            .last()
+            .expect("one job at least");
+        let synced = point.sync();
+        for job in jobs {
+            let synced = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            // After a failure the store refuses every later batch (they
+            // chain on the failed one), so they fail here too.
+            let outcome = target.store.publish(&target.log, &job.batch, synced);
+            let end = job.batch.first_seq + job.batch.entries.len() as u64;
+            match outcome {
+                Ok(()) => {
+                    if last_failure.take().is_some() {
+                        tracing::info!(log = %target.log, "appends succeed again");
+                    }
+                    let bytes = job.batch.entries.iter().map(|e| e.entry.payload_len).sum();
+                    target
+                        .metrics
+                        .batch(job.batch.entries.len(), bytes, job.started.elapsed());
+                    {
+                        let mut v = target.view.write().expect("view lock");
+                        v.size = end;
+                        v.checkpoint = Some(job.checkpoint.clone());
+                    }
+                    progress.0.lock().expect("progress lock").published_end = end;
+                    let ts = job.batch.entries[0].entry.timestamp_unix_nanos;
+                    let leaves: Vec<Hash> = job.batch.entries.iter().map(|e| e.leaf_hash).collect();
+                    answer(
+                        job.pending,
+                        job.batch.first_seq,
+                        &leaves,
+                        ts,
+                        job.proofs,
+                        &job.checkpoint,
+                        end,
+                    );
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    progress
+                        .0
+                        .lock()
+                        .expect("progress lock")
+                        .failed
+                        .get_or_insert(job.before);
+                    if last_failure.as_deref() != Some(message.as_str()) {
+                        tracing::error!(log = %target.log, error = %message, "appends failing: the store did not make a batch durable");
+                        last_failure = Some(message.clone());
+                    }
+                    fail(job.pending, &message);
+                }
+            }
+            let (lock, cv) = &*progress;
+            lock.lock().expect("progress lock").done += 1;
+            cv.notify_all();
+        }
+    }
+}
