@@ -442,7 +442,9 @@ pub fn read_record_at(path: &Path, offset: u64) -> io::Result<Result<Record, Bad
 /// Append handle of the open segment file.
 pub struct SegmentWriter {
     path: PathBuf,
-    file: BufWriter<File>,
+    /// Unbuffered: every write is one whole framed batch (a buffer would
+    /// only copy it once more).
+    file: File,
     /// The same open file, for syncs on another thread while the next
     /// batch is written.
     sync: Arc<File>,
@@ -474,7 +476,7 @@ impl SegmentWriter {
         let mut w = SegmentWriter {
             path: path.clone(),
             sync: Arc::new(file.try_clone()?),
-            file: BufWriter::with_capacity(1 << 20, file),
+            file,
             len: 0,
         };
         let mut buf = Vec::new();
@@ -521,7 +523,7 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             path: path.to_owned(),
             sync: Arc::new(file.try_clone()?),
-            file: BufWriter::with_capacity(1 << 20, file),
+            file,
             len,
         })
     }
@@ -560,7 +562,6 @@ impl SegmentWriter {
     /// I/O errors.
     pub fn write(&mut self, framed: &[u8]) -> io::Result<()> {
         self.file.write_all(framed)?;
-        self.file.flush()?;
         self.len += framed.len() as u64;
         Ok(())
     }
