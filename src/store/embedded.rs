@@ -77,6 +77,10 @@ struct LogState {
     refused: Option<(String, String)>,
     /// Index jobs sent to the indexer.
     jobs_sent: u64,
+    /// The buffer batches are framed in, kept between batches: a fresh
+    /// buffer of a large batch is fresh pages, faulted in and zeroed by
+    /// the kernel each time, then copied from cold.
+    frame: Vec<u8>,
 }
 
 /// A batch in the open segment file, not yet published.
@@ -956,7 +960,9 @@ impl Store for EmbeddedStore {
             .iter()
             .map(|e| e.payload.len() + e.encoding.len() + 128)
             .sum();
-        let mut buf = Vec::with_capacity(payload_bytes + batch.checkpoint.len() + 64);
+        let mut buf = std::mem::take(&mut st.frame);
+        buf.clear();
+        buf.reserve(payload_bytes + batch.checkpoint.len() + 64);
         let base = st.writer.len();
         let mut offsets = Vec::with_capacity(batch.entries.len());
         for e in &batch.entries {
@@ -976,7 +982,9 @@ impl Store for EmbeddedStore {
             RecordKind::Checkpoint,
             batch.checkpoint.as_bytes(),
         );
-        if let Err(e) = st.writer.write(&buf) {
+        let written = st.writer.write(&buf);
+        st.frame = buf;
+        if let Err(e) = written {
             return Err(refuse_write(&mut st, "append to", e));
         }
         st.unpublished.push_back(Unpublished {
@@ -1487,6 +1495,7 @@ impl EmbeddedStore {
                 unpublished: Default::default(),
                 refused: None,
                 jobs_sent: 0,
+                frame: Vec::new(),
             }),
             postings,
             progress,
