@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// unique one, as a marketplace backend would send).
     #[arg(long)]
     pub no_idempotency_keys: bool,
+    /// HTTP/2 connections to each server, the appenders spread over them
+    /// round robin (a fleet of backends holds one or more each; one
+    /// connection is one task on the server, which frames every request
+    /// on it in turn).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// More servers (of the same PostgreSQL store) to spread the
     /// appenders over, round robin with --server; repeat for each.
     #[arg(long)]
@@ -199,12 +205,13 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0
     };
     println!(
-        "{} x{} batch {} payload {} B on {} server(s): {:.0} entries/s, {:.1} MB/s, latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms",
+        "{} x{} batch {} payload {} B on {} server(s), {} connection(s) each: {:.0} entries/s, {:.1} MB/s, latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms",
         args.mode,
         args.concurrency,
         args.batch,
         args.payload_bytes,
         1 + args.also_server.len(),
+        args.connections.max(1),
         rate,
         rate * args.payload_bytes as f64 / 1e6,
         pct(0.5),
@@ -242,8 +249,10 @@ type LoadResult = (u64, Vec<u64>, f64);
 
 async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>> {
     let mut channels = Vec::new();
-    for server in std::iter::once(&args.at.server).chain(&args.also_server) {
-        channels.push(crate::cli_conn::endpoint(server.clone())?.connect().await?);
+    for _ in 0..args.connections.max(1) {
+        for server in std::iter::once(&args.at.server).chain(&args.also_server) {
+            channels.push(crate::cli_conn::endpoint(server.clone())?.connect().await?);
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
