@@ -1079,3 +1079,34 @@ fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
     let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
     assert!(report.is_valid(), "{:?}", report.findings);
 }
+
+#[test]
+fn batches_in_flight_are_bounded_while_syncs_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    // One request at a time, each its own batch, while no sync completes:
+    // the log thread stops writing once 8 batches are handed over and a
+    // ninth is written (memory held by unanswered batches is bounded).
+    let mut waiting = Vec::new();
+    for i in 0..20 {
+        waiting.push(append_in_background(
+            &engine,
+            vec![input("order:1", &format!("p{i}"))],
+        ));
+        if i < 9 {
+            store.wait_writes(i + 1);
+        }
+    }
+    thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), 9);
+    assert!(waiting.iter().all(|w| !w.is_finished()));
+    store.open_gate(true);
+    let mut seqs: Vec<u64> = waiting
+        .into_iter()
+        .map(|w| w.join().unwrap().unwrap().receipts[0].seq)
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+    assert_eq!(engine.tree_size("orders"), 20);
+    engine.shutdown();
+}
