@@ -16,6 +16,13 @@ use auditlog::store::Store;
 use auditlog::verify::store::verify_data_dir;
 use common::*;
 
+/// Verifies the whole data directory under the test signer's key.
+fn assert_verifies(dir: &std::path::Path) -> auditlog::verify::Report {
+    let report = verify_data_dir(dir, &[signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    report
+}
+
 #[test]
 fn concurrent_appends_get_receipts_that_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,8 +88,7 @@ fn concurrent_appends_get_receipts_that_verify() {
     engine.shutdown();
     drop(engine);
     drop(f.store);
-    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
-    assert!(report.is_valid(), "{:?}", report.findings);
+    let report = assert_verifies(dir.path());
     assert_eq!(report.entries_checked, seqs.len() as u64 + 1);
 }
 
@@ -348,8 +354,7 @@ fn segments_seal_by_size_on_request_and_by_age() {
     drop(engine);
     drop(store);
     for d in [dir.path(), dir2.path()] {
-        let report = verify_data_dir(d, &[signer().verifier()]).unwrap();
-        assert!(report.is_valid(), "{:?}", report.findings);
+        assert_verifies(d);
     }
 }
 
@@ -439,8 +444,7 @@ fn retention_windows_seal_at_every_boundary_even_when_empty() {
         .collect();
     assert_eq!(spans, vec![(47, 50), (50, 60), (60, 70)]);
     f.close();
-    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
-    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_verifies(dir.path());
 }
 
 #[test]
@@ -730,9 +734,11 @@ struct Hooked {
     inner: Option<Arc<auditlog::store::embedded::EmbeddedStore>>,
     fail_seals: bool,
     seals: std::sync::atomic::AtomicU64,
-    /// Batches written without a sync, and syncs run.
+    /// Batches written without a sync, syncs that ran (past the gate, one
+    /// per sync point run), and batches published after a good sync.
     writes: std::sync::atomic::AtomicU64,
-    syncs: std::sync::atomic::AtomicU64,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+    publishes: std::sync::atomic::AtomicU64,
     /// Open: syncs proceed (`true`) or fail (`false`); `None`: they wait.
     gate: Arc<(std::sync::Mutex<Option<bool>>, std::sync::Condvar)>,
 }
@@ -804,7 +810,7 @@ impl Store for Hooked {
         let point = self.inner().write_unsynced(log, batch)?;
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let gate = self.gate.clone();
+        let (gate, syncs) = (self.gate.clone(), self.syncs.clone());
         let point = point.expect("the embedded store pipelines");
         Ok(Some(auditlog::store::SyncPoint::new(move || {
             let mut open = gate.0.lock().unwrap();
@@ -815,6 +821,7 @@ impl Store for Hooked {
                 return Err(std::io::Error::other("the disk went away"));
             }
             drop(open);
+            syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             point.sync()
         })))
     }
@@ -825,7 +832,8 @@ impl Store for Hooked {
         synced: std::io::Result<()>,
     ) -> Result<(), auditlog::store::StoreError> {
         if synced.is_ok() {
-            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.publishes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.inner().publish(log, batch, synced)
     }
@@ -1003,8 +1011,7 @@ fn the_next_batch_is_written_while_one_syncs_and_neither_is_seen_before_it_is_du
     let (stored, _, _) = engine.entry("orders", 1, 0).unwrap();
     assert_eq!(stored.leaf_hash, b.receipts[0].leaf_hash);
     engine.shutdown();
-    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
-    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_verifies(dir.path());
 }
 
 #[test]
@@ -1076,8 +1083,7 @@ fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
         .unwrap();
     check_receipts(&next, "audit.example.com/orders");
     f.close();
-    let report = verify_data_dir(dir.path(), &[signer().verifier()]).unwrap();
-    assert!(report.is_valid(), "{:?}", report.findings);
+    assert_verifies(dir.path());
 }
 
 #[test]
@@ -1109,4 +1115,97 @@ fn batches_in_flight_are_bounded_while_syncs_stall() {
     assert_eq!(seqs, (0..20).collect::<Vec<_>>());
     assert_eq!(engine.tree_size("orders"), 20);
     engine.shutdown();
+}
+
+#[test]
+fn one_sync_covers_every_batch_written_while_the_last_sync_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    let a = append_in_background(&engine, vec![input("order:1", "a")]);
+    store.wait_writes(1);
+    // A's sync waits at the gate; B and C are written behind it, each its
+    // own batch, and queue for the syncer.
+    let b = append_in_background(&engine, vec![input("order:2", "b")]);
+    store.wait_writes(2);
+    let c = append_in_background(&engine, vec![input("order:3", "c")]);
+    store.wait_writes(3);
+    thread::sleep(std::time::Duration::from_millis(200));
+    store.open_gate(true);
+    for w in [a, b, c] {
+        w.join().unwrap().unwrap();
+    }
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(count(&store.publishes), 3);
+    assert_eq!(count(&store.syncs), 2, "A's sync, then one for B and C");
+    engine.shutdown();
+    assert_verifies(dir.path());
+}
+
+/// A batch of one entry after `seq`'s state, signed; and the state after it.
+fn sequenced(
+    seq: &auditlog::engine::sequencer::Sequencer,
+    payload: &str,
+) -> (
+    auditlog::store::Batch,
+    auditlog::engine::sequencer::Sequencer,
+) {
+    let prepared = auditlog::engine::input::prepare(
+        &Limits::default(),
+        vec![input("order:1", payload)],
+        |s| *s = [7; 32],
+    )
+    .unwrap();
+    let (mut batch, cp, _, next) = seq.sequence(prepared, 1_000).into_parts();
+    batch.checkpoint = cp.sign(&signer()).unwrap();
+    let mut after = seq.clone();
+    after.commit(next);
+    (batch, after)
+}
+
+#[test]
+fn the_store_publishes_written_batches_in_order_and_seals_nothing_unpublished() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+    let spec = auditlog::store::LogSpec {
+        name: "orders".into(),
+        origin: "audit.example.com/orders".into(),
+    };
+    let head = store.open_log(&spec, 1_000).unwrap();
+    let s0 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
+    let (b1, s1) = sequenced(&s0, "a");
+    let (b2, s2) = sequenced(&s1, "b");
+    let p1 = store.write_unsynced("orders", &b1).unwrap().unwrap();
+    // The next batch must follow the last one written, not the last one
+    // published.
+    assert!(matches!(
+        store.write_unsynced("orders", &b1),
+        Err(auditlog::store::StoreError::HeadMoved { actual: 1, .. })
+    ));
+    let p2 = store.write_unsynced("orders", &b2).unwrap().unwrap();
+    assert_eq!(
+        store.entry("orders", 0).unwrap(),
+        None,
+        "invisible until published"
+    );
+    p2.sync().unwrap();
+    assert!(
+        store.publish("orders", &b2, Ok(())).is_err(),
+        "the newer batch cannot be published first"
+    );
+    drop(p1);
+    store.publish("orders", &b1, Ok(())).unwrap();
+    assert_eq!(
+        store.entry("orders", 0).unwrap().unwrap().leaf_hash,
+        b1.entries[0].leaf_hash
+    );
+    // A seal of what is published is refused while a batch is unpublished.
+    let (seal, _) = s1.seal(2_000, SealReason::Request, None);
+    let signed = seal.sign(&signer()).unwrap();
+    assert!(store.seal("orders", &seal, &signed).is_err());
+    store.publish("orders", &b2, Ok(())).unwrap();
+    let (seal, _) = s2.seal(2_000, SealReason::Request, None);
+    let signed = seal.sign(&signer()).unwrap();
+    store.seal("orders", &seal, &signed).unwrap();
+    drop(store);
+    assert_verifies(dir.path());
 }

@@ -34,7 +34,7 @@ pub mod input;
 mod pipeline;
 pub mod sequencer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -287,10 +287,9 @@ impl Engine {
                         .map(|(tx, m)| (tx, limits.at_least_default(), m))
                 },
                 metrics: metrics.clone(),
-                last_failure: None,
+                failures: FailureLog::default(),
                 syncer: None,
-                in_flight_keys: HashMap::new(),
-                in_flight_batches: VecDeque::new(),
+                in_flight: VecDeque::new(),
                 key_hasher: std::hash::RandomState::new(),
             };
             let thread = std::thread::Builder::new()
@@ -814,19 +813,17 @@ struct Worker {
     )>,
     /// This log's append-path metrics.
     metrics: Arc<crate::metrics::LogMetrics>,
-    /// The last store failure logged (logged again only when it changes).
-    last_failure: Option<String>,
+    /// Store failures of the append path, logged once each.
+    failures: FailureLog,
     /// After a timed seal failed (store down, disk full): not before this,
     /// so a seal that keeps failing is retried, not spun on.
     timer_retry: Option<std::time::Instant>,
     /// The second stage of pipelined appends (see [`pipeline`]), started by
     /// the first batch the store writes without a sync.
     syncer: Option<pipeline::Syncer>,
-    /// Hashes of the idempotency keys of batches in flight (written, not
-    /// yet published), with the end seq of the batch that used each last.
-    in_flight_keys: HashMap<u64, u64>,
-    /// The batches in flight: end seq and key hashes, oldest first.
-    in_flight_batches: VecDeque<(u64, Vec<u64>)>,
+    /// The batches in flight (written, not yet published), oldest first:
+    /// end seq and the hashes (by `key_hasher`) of their idempotency keys.
+    in_flight: VecDeque<(u64, HashSet<u64>)>,
     key_hasher: std::hash::RandomState,
 }
 
@@ -1334,48 +1331,40 @@ impl Worker {
             let written = store.write_unsynced(&log, &batch);
             (written, prove(batch.first_seq, cp.size, &new_nodes))
         };
+        let written = match written {
+            Ok(Some(point)) if !self.start_syncer() => {
+                // A store that pipelines, but no syncer thread: sync here.
+                self.store
+                    .publish(&log, &batch, point.sync())
+                    .map(|()| None)
+            }
+            written => written,
+        };
         let point = match written {
             Ok(point) => point,
             Err(e) => {
-                self.failed(&e.to_string(), pending);
+                let message = e.to_string();
+                self.failures.failed(&log, &message);
+                fail_all(pending, &message);
                 return;
             }
         };
-        let proofs = match proofs {
-            Ok(p) => p,
+        let (pending, proofs) = match proofs {
+            Ok(p) => (pending, p),
             Err(e) => {
                 // Written but not acknowledged: the next batch chains on
                 // it, as after a crash that kept it.
-                if let Some(point) = point {
-                    self.hand_over(batch, point, Vec::new(), Vec::new(), signed, next, started);
-                } else {
-                    self.commit(next, &signed, true);
-                }
                 fail_all(pending, &format!("building proofs: {e}"));
-                return;
+                (Vec::new(), Vec::new())
             }
         };
         match point {
             Some(point) => self.hand_over(batch, point, pending, proofs, signed, next, started),
             None => {
-                if self.last_failure.take().is_some() {
-                    tracing::info!(log = %log, "appends succeed again");
-                }
-                let bytes = batch.entries.iter().map(|e| e.entry.payload_len).sum();
-                self.metrics
-                    .batch(batch.entries.len(), bytes, started.elapsed());
+                self.failures.succeeded(&log);
+                count_batch(&self.metrics, &batch, started);
                 self.commit(next, &signed, true);
-                let ts = batch.entries[0].entry.timestamp_unix_nanos;
-                let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
-                answer(
-                    pending,
-                    batch.first_seq,
-                    &leaves,
-                    ts,
-                    proofs,
-                    &signed,
-                    cp.size,
-                );
+                answer_batch(pending, &batch, proofs, &signed);
             }
         }
         if self.sequencer.segment_len() >= self.config.seal_max_entries {
@@ -1395,17 +1384,27 @@ impl Worker {
         }
     }
 
-    /// Answers a batch the store did not write, once per distinct failure
-    /// in the log.
-    fn failed(&mut self, message: &str, pending: Vec<Pending>) {
-        if self.last_failure.as_deref() != Some(message) {
-            tracing::error!(log = %self.config.name, error = %message, "appends failing: the store did not make a batch durable");
-            self.last_failure = Some(message.to_owned());
+    /// Starts the syncer thread unless it runs; false if it cannot start.
+    fn start_syncer(&mut self) -> bool {
+        if self.syncer.is_none() {
+            let target = pipeline::Target {
+                store: self.store.clone(),
+                log: self.config.name.clone(),
+                view: self.view.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let published = self.view.read().expect("view lock").size;
+            match pipeline::Syncer::start(target, published) {
+                Ok(s) => self.syncer = Some(s),
+                Err(e) => {
+                    tracing::warn!(log = %self.config.name, error = %e, "no syncer thread: syncing on the log thread")
+                }
+            }
         }
-        fail_all(pending, message);
+        self.syncer.is_some()
     }
 
-    /// Hands a written batch to the syncer thread (started on first use),
+    /// Hands a written batch to the syncer thread (started already),
     /// which answers `pending` once it is durable; this thread goes on from
     /// the state after it.
     #[allow(clippy::too_many_arguments)]
@@ -1419,49 +1418,16 @@ impl Worker {
         next: sequencer::ProposalState,
         started: std::time::Instant,
     ) {
-        if self.syncer.is_none() {
-            let target = pipeline::Target {
-                store: self.store.clone(),
-                log: self.config.name.clone(),
-                view: self.view.clone(),
-                metrics: self.metrics.clone(),
-            };
-            let published = self.view.read().expect("view lock").size;
-            match pipeline::Syncer::start(target, published) {
-                Ok(s) => self.syncer = Some(s),
-                Err(e) => {
-                    // Without a syncer thread, sync here.
-                    let synced = point.sync();
-                    let published = self.store.publish(&self.config.name, &batch, synced);
-                    tracing::warn!(log = %self.config.name, error = %e, "no syncer thread");
-                    return match published {
-                        Ok(()) => {
-                            self.commit(next, &signed, true);
-                            let ts = batch.entries[0].entry.timestamp_unix_nanos;
-                            let leaves: Vec<Hash> =
-                                batch.entries.iter().map(|e| e.leaf_hash).collect();
-                            let size = self.sequencer.size();
-                            answer(pending, batch.first_seq, &leaves, ts, proofs, &signed, size);
-                        }
-                        Err(e) => self.failed(&e.to_string(), pending),
-                    };
-                }
-            }
-        }
         let before = (self.sequencer.clone(), self.checkpoint.clone());
         self.commit(next, &signed, false);
-        let end = self.sequencer.size();
-        let keys: Vec<u64> = batch
+        let keys = batch
             .entries
             .iter()
             .map(|e| e.entry.idempotency_key.as_str())
             .filter(|k| !k.is_empty())
             .map(|k| self.key_hasher.hash_one(k))
             .collect();
-        for &k in &keys {
-            self.in_flight_keys.insert(k, end);
-        }
-        self.in_flight_batches.push_back((end, keys));
+        self.in_flight.push_back((self.sequencer.size(), keys));
         let job = pipeline::Job {
             batch,
             point,
@@ -1471,7 +1437,7 @@ impl Worker {
             before,
             started,
         };
-        self.syncer.as_mut().expect("started above").send(job);
+        self.syncer.as_mut().expect("started before").send(job);
     }
 
     /// Before planning a pipelined batch: goes back to the durable state
@@ -1488,29 +1454,20 @@ impl Worker {
             return;
         }
         let published = syncer.published_end();
-        while let Some((end, _)) = self.in_flight_batches.front() {
-            if *end > published {
-                break;
-            }
-            let (end, keys) = self.in_flight_batches.pop_front().expect("front");
-            for k in keys {
-                if self.in_flight_keys.get(&k) == Some(&end) {
-                    self.in_flight_keys.remove(&k);
-                }
-            }
-        }
-        if self.in_flight_keys.is_empty() {
-            return;
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(end, _)| *end <= published)
+        {
+            self.in_flight.pop_front();
         }
         let reused = requests
             .iter()
             .flat_map(|(entries, _)| entries.iter())
             .map(|e| e.input.idempotency_key.as_str())
             .filter(|k| !k.is_empty())
-            .any(|k| {
-                self.in_flight_keys
-                    .contains_key(&self.key_hasher.hash_one(k))
-            });
+            .map(|k| self.key_hasher.hash_one(k))
+            .any(|k| self.in_flight.iter().any(|(_, keys)| keys.contains(&k)));
         if reused {
             self.drain();
         }
@@ -1525,8 +1482,7 @@ impl Worker {
                 self.checkpoint = checkpoint;
             }
         }
-        self.in_flight_keys.clear();
-        self.in_flight_batches.clear();
+        self.in_flight.clear();
     }
 }
 
@@ -1534,6 +1490,49 @@ impl Worker {
 fn fail_all(pending: Vec<Pending>, why: &str) {
     for p in pending {
         let _ = p.reply.send(Err(AppendError::Unavailable(why.to_owned())));
+    }
+}
+
+/// Answers every request of `batch`, now durable and published, with one
+/// proof per slot in `proofs` against the batch's signed `checkpoint`.
+fn answer_batch(pending: Vec<Pending>, batch: &Batch, proofs: Vec<Vec<Hash>>, checkpoint: &str) {
+    let leaves: Vec<Hash> = batch.entries.iter().map(|e| e.leaf_hash).collect();
+    let ts = batch.entries[0].entry.timestamp_unix_nanos;
+    let size = batch.first_seq + leaves.len() as u64;
+    answer(
+        pending,
+        batch.first_seq,
+        &leaves,
+        ts,
+        proofs,
+        checkpoint,
+        size,
+    );
+}
+
+/// Counts a batch the store made durable, `started` when its write began.
+fn count_batch(metrics: &crate::metrics::LogMetrics, batch: &Batch, started: std::time::Instant) {
+    let bytes = batch.entries.iter().map(|e| e.entry.payload_len).sum();
+    metrics.batch(batch.entries.len(), bytes, started.elapsed());
+}
+
+/// The append path's store failures, logged once per distinct failure (not
+/// once per batch), and once when appends succeed again.
+#[derive(Default)]
+struct FailureLog(Option<String>);
+
+impl FailureLog {
+    fn failed(&mut self, log: &str, message: &str) {
+        if self.0.as_deref() != Some(message) {
+            tracing::error!(log = %log, error = %message, "appends failing: the store did not make a batch durable");
+            self.0 = Some(message.to_owned());
+        }
+    }
+
+    fn succeeded(&mut self, log: &str) {
+        if self.0.take().is_some() {
+            tracing::info!(log = %log, "appends succeed again");
+        }
     }
 }
 

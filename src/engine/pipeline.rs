@@ -26,9 +26,8 @@ use std::time::Instant;
 use crate::core::hash::Hash;
 use crate::store::{Batch, Store, SyncPoint};
 
-use super::input::AppendError;
 use super::sequencer::Sequencer;
-use super::{answer, LogView, Pending};
+use super::{answer_batch, count_batch, fail_all, FailureLog, LogView, Pending};
 
 /// Jobs in flight before the log thread waits for the syncer: bounds the
 /// memory held by written but unanswered batches.
@@ -106,12 +105,10 @@ impl Syncer {
     /// A job the thread can no longer take is answered here, with an error.
     pub fn send(&mut self, job: Job) {
         drop(self.wait_until(|p, sent| sent - p.done < MAX_IN_FLIGHT));
-        let Some(tx) = &self.tx else {
-            return fail(job.pending, "the syncer stopped");
-        };
+        let tx = self.tx.as_ref().expect("taken only on drop");
         match tx.send(job) {
             Ok(()) => self.sent += 1,
-            Err(mpsc::SendError(job)) => fail(job.pending, "the syncer stopped"),
+            Err(mpsc::SendError(job)) => fail_all(job.pending, "the syncer stopped"),
         }
     }
 
@@ -164,26 +161,15 @@ impl Drop for Syncer {
     }
 }
 
-fn fail(pending: Vec<Pending>, why: &str) {
-    for p in pending {
-        let _ = p.reply.send(Err(AppendError::Unavailable(why.to_owned())));
-    }
-}
-
 fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, Condvar)>) {
-    // The last store failure logged (logged again only when it changes).
-    let mut last_failure: Option<String> = None;
+    let mut failures = FailureLog::default();
     while let Ok(first) = rx.recv() {
         // Group the syncs: the newest job's sync point covers every batch
         // written before it.
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
-        let point = jobs
-            .iter_mut()
-            .map(|j| std::mem::replace(&mut j.point, SyncPoint::new(|| Ok(()))))
-            .last()
-            .expect("one job at least");
-        let synced = point.sync();
+        let newest = &mut jobs.last_mut().expect("one job at least").point;
+        let synced = std::mem::replace(newest, SyncPoint::new(|| Ok(()))).sync();
         for job in jobs {
             let synced = match &synced {
                 Ok(()) => Ok(()),
@@ -191,34 +177,18 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
             };
             // After a failure the store refuses every later batch (they
             // chain on the failed one), so they fail here too.
-            let outcome = target.store.publish(&target.log, &job.batch, synced);
-            let end = job.batch.first_seq + job.batch.entries.len() as u64;
-            match outcome {
+            match target.store.publish(&target.log, &job.batch, synced) {
                 Ok(()) => {
-                    if last_failure.take().is_some() {
-                        tracing::info!(log = %target.log, "appends succeed again");
-                    }
-                    let bytes = job.batch.entries.iter().map(|e| e.entry.payload_len).sum();
-                    target
-                        .metrics
-                        .batch(job.batch.entries.len(), bytes, job.started.elapsed());
+                    failures.succeeded(&target.log);
+                    count_batch(&target.metrics, &job.batch, job.started);
+                    let end = job.batch.first_seq + job.batch.entries.len() as u64;
                     {
                         let mut v = target.view.write().expect("view lock");
                         v.size = end;
                         v.checkpoint = Some(job.checkpoint.clone());
                     }
                     progress.0.lock().expect("progress lock").published_end = end;
-                    let ts = job.batch.entries[0].entry.timestamp_unix_nanos;
-                    let leaves: Vec<Hash> = job.batch.entries.iter().map(|e| e.leaf_hash).collect();
-                    answer(
-                        job.pending,
-                        job.batch.first_seq,
-                        &leaves,
-                        ts,
-                        job.proofs,
-                        &job.checkpoint,
-                        end,
-                    );
+                    answer_batch(job.pending, &job.batch, job.proofs, &job.checkpoint);
                 }
                 Err(e) => {
                     let message = e.to_string();
@@ -228,11 +198,8 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                         .expect("progress lock")
                         .failed
                         .get_or_insert(job.before);
-                    if last_failure.as_deref() != Some(message.as_str()) {
-                        tracing::error!(log = %target.log, error = %message, "appends failing: the store did not make a batch durable");
-                        last_failure = Some(message.clone());
-                    }
-                    fail(job.pending, &message);
+                    failures.failed(&target.log, &message);
+                    fail_all(job.pending, &message);
                 }
             }
             let (lock, cv) = &*progress;

@@ -442,12 +442,10 @@ pub fn read_record_at(path: &Path, offset: u64) -> io::Result<Result<Record, Bad
 /// Append handle of the open segment file.
 pub struct SegmentWriter {
     path: PathBuf,
-    /// Unbuffered: every write is one whole framed batch (a buffer would
-    /// only copy it once more).
-    file: File,
-    /// The same open file, for syncs on another thread while the next
-    /// batch is written.
-    sync: Arc<File>,
+    /// Unbuffered (every write is one whole framed batch: a buffer would
+    /// only copy it once more) and shared with the sync points, which
+    /// sync it on another thread while the next batch is written.
+    file: Arc<File>,
     len: u64,
 }
 
@@ -475,8 +473,7 @@ impl SegmentWriter {
             .open(&tmp)?;
         let mut w = SegmentWriter {
             path: path.clone(),
-            sync: Arc::new(file.try_clone()?),
-            file,
+            file: Arc::new(file),
             len: 0,
         };
         let mut buf = Vec::new();
@@ -522,8 +519,7 @@ impl SegmentWriter {
         file.seek(SeekFrom::Start(len))?;
         Ok(SegmentWriter {
             path: path.to_owned(),
-            sync: Arc::new(file.try_clone()?),
-            file,
+            file: Arc::new(file),
             len,
         })
     }
@@ -561,7 +557,7 @@ impl SegmentWriter {
     /// # Errors
     /// I/O errors.
     pub fn write(&mut self, framed: &[u8]) -> io::Result<()> {
-        self.file.write_all(framed)?;
+        (&*self.file).write_all(framed)?;
         self.len += framed.len() as u64;
         Ok(())
     }
@@ -569,7 +565,7 @@ impl SegmentWriter {
     /// An `fdatasync` of the file, to run on any thread: it makes durable
     /// every write made before it starts, and does not stop the writer.
     pub fn sync_point(&self) -> impl FnOnce() -> io::Result<()> + Send + 'static {
-        let file = self.sync.clone();
+        let file = self.file.clone();
         move || {
             let started = std::time::Instant::now();
             file.sync_data()?;
