@@ -515,6 +515,10 @@ fn snapshot(f: &Fixture, log: &str) -> BTreeMap<String, String> {
                     f.store.checkpoint_at(log, seq).unwrap().map(|_| cps)
                 ),
             );
+            m.insert(
+                format!("stored checkpoint at {seq}"),
+                format!("{:?}", f.store.checkpoint_at(log, seq).unwrap()),
+            );
         }
     }
     for s in 0..5 {
@@ -553,6 +557,14 @@ fn snapshot(f: &Fixture, log: &str) -> BTreeMap<String, String> {
     m.insert(
         "segments".into(),
         format!("{:?}", f.store.segments(log).unwrap()),
+    );
+    m.insert(
+        "checkpoints after 0".into(),
+        format!("{:?}", f.store.checkpoints_after(log, 0, 10_000).unwrap()),
+    );
+    m.insert(
+        "checkpoints after 5, 3".into(),
+        format!("{:?}", f.store.checkpoints_after(log, 5, 3).unwrap()),
     );
     m
 }
@@ -661,6 +673,35 @@ fn damaged_dense_index_files_are_repaired_from_segments() {
         .unwrap()
         .set_len(len - 64)
         .unwrap();
+    // ...and the text of the last checkpoints lost (lost data again).
+    let txt = dense.join("checkpoints.txt");
+    let len = std::fs::metadata(&txt).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&txt)
+        .unwrap()
+        .set_len(len - 700)
+        .unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(0));
+    assert_eq!(snapshot(&f, "orders"), before);
+}
+
+/// Indexes written before checkpoints moved out of sled have no checkpoint
+/// files: the store indexes the log again rather than answer without them.
+#[test]
+fn an_index_without_checkpoint_files_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path(), vec![orders()], ManualClock::at(0));
+    for i in 0..23 {
+        f.engine
+            .append_blocking("orders", vec![input(&format!("order:{}", i % 5), "p")])
+            .unwrap();
+    }
+    let before = snapshot(&f, "orders");
+    f.close();
+    let dense = dir.path().join("index/dense/orders");
+    std::fs::remove_file(dense.join("checkpoints.idx")).unwrap();
+    std::fs::remove_file(dense.join("checkpoints.txt")).unwrap();
     let f = open(dir.path(), vec![orders()], ManualClock::at(0));
     assert_eq!(snapshot(&f, "orders"), before);
 }
