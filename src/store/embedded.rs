@@ -92,10 +92,9 @@ struct Unpublished {
 
 /// Keyed-index work handed to a log's indexer thread, in log order. The
 /// append path never writes to sled itself: sled serialises writers, and a
-/// large indexer batch would stall it.
+/// large indexer batch would stall it. (A batch's checkpoint is written by
+/// `publish` itself, to the checkpoint files: two `pwrite`s, no thread hop.)
 enum IndexJob {
-    /// A committed batch's checkpoint, by tree size.
-    Batch { checkpoint: (u64, String) },
     /// A segment was opened (`seal: None`) or sealed.
     Segment {
         index: u64,
@@ -106,7 +105,8 @@ enum IndexJob {
 
 /// How far the keyed index has caught up with the durable log.
 struct Progress {
-    /// Entries covered by the keyed index.
+    /// Entries whose dense records and checkpoints are written (the
+    /// published size): what the indexer's next sync may mark as indexed.
     keyed_size: u64,
     /// Jobs applied.
     done: u64,
@@ -226,34 +226,23 @@ fn run_indexer(
         let first = rx.recv_timeout(INDEX_SYNC_EVERY);
         let closed = matches!(first, Err(RecvTimeoutError::Disconnected));
         if let Ok(first) = first {
-            // What is queued goes into one sled batch, up to a bound.
+            // What is queued is applied together, up to a bound.
             let mut jobs = vec![first];
             while jobs.len() < MAX_INDEX_BATCH_JOBS {
                 let Ok(j) = rx.try_recv() else { break };
                 jobs.push(j);
             }
-            let mut end = None;
-            let checkpoints = jobs.iter().filter_map(|j| match j {
-                IndexJob::Batch { checkpoint } => {
-                    end = Some(checkpoint.0);
-                    Some((checkpoint.0, checkpoint.1.as_str()))
-                }
-                IndexJob::Segment { .. } => None,
-            });
-            let applied = index.keyed.add_checkpoints(checkpoints).and_then(|()| {
-                jobs.iter().try_for_each(|j| match j {
-                    IndexJob::Segment {
-                        index: seg,
-                        first_seq,
-                        seal: Some(text),
-                    } => index.keyed.add_seal(*seg, *first_seq, text),
-                    IndexJob::Segment {
-                        index: seg,
-                        first_seq,
-                        seal: None,
-                    } => index.keyed.add_segment(*seg, *first_seq),
-                    IndexJob::Batch { .. } => Ok(()),
-                })
+            let applied = jobs.iter().try_for_each(|j| match j {
+                IndexJob::Segment {
+                    index: seg,
+                    first_seq,
+                    seal: Some(text),
+                } => index.keyed.add_seal(*seg, *first_seq, text),
+                IndexJob::Segment {
+                    index: seg,
+                    first_seq,
+                    seal: None,
+                } => index.keyed.add_segment(*seg, *first_seq),
             });
             if let Err(e) = applied {
                 fail(e);
@@ -261,9 +250,6 @@ fn run_indexer(
             }
             let (m, cv) = &*progress;
             let mut p = m.lock().expect("progress lock");
-            if let Some(end) = end {
-                p.keyed_size = end;
-            }
             p.done += jobs.len() as u64;
             cv.notify_all();
         }
@@ -1046,10 +1032,21 @@ impl Store for EmbeddedStore {
             ));
             return Err(e);
         }
-        let job = IndexJob::Batch {
-            checkpoint: (batch.first_seq + n, batch.checkpoint.clone()),
-        };
-        files.send_job(&mut st, job);
+        // The checkpoint too, then the size the indexer may mark as indexed
+        // once it has synced the files.
+        let end = batch.first_seq + n;
+        if let Err(e) = files
+            .index
+            .keyed
+            .add_checkpoints([(end, batch.checkpoint.as_str())])
+        {
+            st.refused = Some((
+                "index".into(),
+                format!("checkpoint index update failed: {e}; restart to rebuild"),
+            ));
+            return Err(e);
+        }
+        files.progress.0.lock().expect("progress lock").keyed_size = end;
         st.size += n;
         Ok(())
     }

@@ -9,9 +9,10 @@
 //!   it is acknowledged. Timestamps never decrease within a log, so time
 //!   ranges are a binary search over the location records.
 //! - **Keyed** ([`KeyedIndex`]): tree size → signed checkpoint in two flat
-//!   files ([`CheckpointFile`]), and sled trees for segment → (first seq,
-//!   seal) and the `indexed_size` mark. Applied by a background indexer
-//!   thread, off the append path.
+//!   files ([`CheckpointFile`], written when a batch is published, like the
+//!   dense files), and sled trees for segment → (first seq, seal) and the
+//!   `indexed_size` mark (applied by a background indexer thread, off the
+//!   append path).
 //!
 //! Subject, actor and idempotency-key postings are a third kind, in their
 //! own files: see [`super::postings`].
