@@ -3,6 +3,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+mod common;
+
 fn auditlog(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_auditlog"))
         .args(args)
@@ -95,4 +97,77 @@ fn serve_refuses_a_signing_key_readable_by_others() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("readable by group or others"));
+}
+
+/// `auditlog bench` (the load generator whose figures the README quotes)
+/// appends what it says it appended, durably and through the real server,
+/// and measures its gRPC floor against the same server.
+#[test]
+fn bench_appends_what_it_reports_and_measures_the_grpc_floor() {
+    let server = common::server::start(None);
+    let url = format!("http://{}", server.addr);
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlog"))
+        .current_dir(cwd.path())
+        .args([
+            "bench",
+            "--server",
+            &url,
+            "--concurrency",
+            "4",
+            "--batch",
+            "3",
+        ])
+        .args(["--seconds", "0.5", "--payload-bytes", "100"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number_before = |line: &str, unit: &str| -> f64 {
+        let head = &line[..line
+            .find(unit)
+            .unwrap_or_else(|| panic!("{unit} in {line}"))];
+        head.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let load = text
+        .lines()
+        .find(|l| l.starts_with("unary x4 batch 3"))
+        .expect(&text);
+    assert!(load.contains("client on 1 thread(s)"), "{load}");
+    let rate = number_before(load, " entries/s");
+    assert!(rate > 0.0, "{load}");
+    let floor = text
+        .lines()
+        .find(|l| l.starts_with("gRPC floor, x4"))
+        .expect(&text);
+    assert!(number_before(floor, " calls/s") > 0.0, "{floor}");
+    assert!(
+        text.lines().any(|l| l.starts_with("raw file append")),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
+        "the raw baseline's file is removed"
+    );
+    // What it counted is in the log: about rate x seconds entries, in
+    // whole requests of 3 (requests still in flight when it stopped were
+    // appended too, but not counted).
+    let cp = Command::new(env!("CARGO_BIN_EXE_auditlog"))
+        .args(["checkpoint", "--server", &url])
+        .output()
+        .unwrap();
+    let cp = String::from_utf8_lossy(&cp.stdout).into_owned();
+    let size: u64 = cp.lines().nth(1).expect(&cp).parse().expect(&cp);
+    assert_eq!(size % 3, 0, "whole requests only: {size}");
+    // It counted rate x (at least 0.5 s) entries, and no more than it
+    // appended.
+    assert!(
+        size > 0 && rate * 0.5 <= size as f64,
+        "{rate}/s, {size} appended"
+    );
+    server.stop();
 }
