@@ -41,6 +41,7 @@ fn schema(pg: &Pg, db: &str) -> String {
     pg.psql(
         db,
         "SELECT table_name || '.' || column_name || ':' || data_type || ':' || is_nullable \
+         || ':' || coalesce(collation_name, '-') \
          FROM information_schema.columns WHERE table_schema = 'public' \
          AND table_name LIKE 'auditlog%' AND table_name <> 'auditlog_schema' \
          ORDER BY 1; \
@@ -67,9 +68,28 @@ fn migrations_go_forward_from_every_earlier_version() {
     );
     let fresh = schema(&pg, "cli");
     assert!(
-        fresh.contains("auditlog_entries.payload:bytea:YES"),
+        fresh.contains("auditlog_entries.payload:bytea:YES:-"),
         "{fresh}"
     );
+    // Every text key and index column compares bytes, whatever the
+    // database's default collation (version 2).
+    for column in [
+        "auditlog_logs.name",
+        "auditlog_entries.log",
+        "auditlog_entries.subject",
+        "auditlog_entries.actor",
+        "auditlog_entries.idempotency_key",
+        "auditlog_nodes.log",
+        "auditlog_checkpoints.log",
+        "auditlog_segments.log",
+    ] {
+        assert!(
+            fresh
+                .lines()
+                .any(|l| l.starts_with(&format!("{column}:text:")) && l.ends_with(":C")),
+            "{column} in {fresh}"
+        );
+    }
 
     // From every earlier version (0 = an empty database) to the latest:
     // the same schema as a fresh one.

@@ -42,10 +42,11 @@ use crate::core::merkle::{CompactRange, NodeId, NodeReadError};
 use crate::core::seal::Seal;
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each migration takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [r"
+const MIGRATIONS: [&str; 2] = [
+    r"
 CREATE TABLE auditlog_logs (
     name text PRIMARY KEY,
     origin text NOT NULL,
@@ -103,7 +104,29 @@ CREATE TABLE auditlog_segments (
     seal text,
     PRIMARY KEY (log, segment)
 );
-"];
+",
+    // Version 2: every text column that is a key or an index column
+    // compares bytes (COLLATE "C"), whatever the database's default
+    // collation. A libc collation costs a strcoll per comparison in every
+    // index descent (all keys start with the log name), and its order can
+    // change under the database with a C library upgrade, which corrupts
+    // the indexes built with the old order: a log kept for years must not
+    // depend on it. Only equality and seq order are ever asked of these
+    // columns, so answers are unchanged; log names now list in byte order,
+    // as the embedded store lists them. The indexes on these columns are
+    // rebuilt (the table data is not rewritten).
+    r#"
+ALTER TABLE auditlog_logs ALTER COLUMN name TYPE text COLLATE "C";
+ALTER TABLE auditlog_entries
+    ALTER COLUMN log TYPE text COLLATE "C",
+    ALTER COLUMN subject TYPE text COLLATE "C",
+    ALTER COLUMN actor TYPE text COLLATE "C",
+    ALTER COLUMN idempotency_key TYPE text COLLATE "C";
+ALTER TABLE auditlog_nodes ALTER COLUMN log TYPE text COLLATE "C";
+ALTER TABLE auditlog_checkpoints ALTER COLUMN log TYPE text COLLATE "C";
+ALTER TABLE auditlog_segments ALTER COLUMN log TYPE text COLLATE "C";
+"#,
+];
 
 /// Key of the advisory lock migrations hold ("auditlog" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6175_6469_746c_6f67;
