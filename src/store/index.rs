@@ -31,7 +31,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sled::{Db, Tree};
 
@@ -68,9 +68,9 @@ fn io_err(context: String) -> impl FnOnce(io::Error) -> StoreError {
 }
 
 struct DenseFiles {
-    locs: File,
+    locs: Arc<File>,
     /// `levels[l - 1]` holds the perfect nodes of level `l`.
-    levels: Vec<File>,
+    levels: Vec<Arc<File>>,
 }
 
 /// Flat files of locations and tree nodes of one log.
@@ -128,7 +128,10 @@ impl DenseIndex {
         Ok((
             DenseIndex {
                 dir: dir.to_owned(),
-                files: RwLock::new(DenseFiles { locs, levels }),
+                files: RwLock::new(DenseFiles {
+                    locs: Arc::new(locs),
+                    levels: levels.into_iter().map(Arc::new).collect(),
+                }),
             },
             trusted,
         ))
@@ -168,7 +171,7 @@ impl DenseIndex {
                 let level = files.levels.len() + 1;
                 let path = self.dir.join(format!("nodes-{level:02}"));
                 let f = open_rw(&path).map_err(io_err(format!("open {}", path.display())))?;
-                files.levels.push(f);
+                files.levels.push(Arc::new(f));
             }
             if by_level.len() < l {
                 by_level.resize_with(l, || (u64::MAX, Vec::new()));
@@ -190,17 +193,19 @@ impl DenseIndex {
         Ok(())
     }
 
-    /// Makes the files durable (before `indexed_size` may cover them).
+    /// Makes the files durable (before `indexed_size` may cover them): what
+    /// was written before the call. No lock is held while the disk works,
+    /// so the append path's writes never wait for these syncs.
     ///
     /// # Errors
     /// I/O errors.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let files = self.files.read().expect("dense files lock");
-        files
-            .locs
-            .sync_data()
-            .map_err(io_err("sync locations".into()))?;
-        for f in &files.levels {
+        let (locs, levels) = {
+            let files = self.files.read().expect("dense files lock");
+            (files.locs.clone(), files.levels.clone())
+        };
+        locs.sync_data().map_err(io_err("sync locations".into()))?;
+        for f in &levels {
             f.sync_data().map_err(io_err("sync nodes".into()))?;
         }
         Ok(())
@@ -320,9 +325,9 @@ struct CpRecord {
 struct CpFiles {
     /// `checkpoints.idx`: one [`CP_LEN`]-byte record per checkpoint, sizes
     /// never decreasing.
-    idx: File,
+    idx: Arc<File>,
     /// `checkpoints.txt`: the signed note texts, back to back.
-    txt: File,
+    txt: Arc<File>,
     /// Records written.
     count: u64,
     /// The last record, if any.
@@ -367,23 +372,14 @@ impl CheckpointFile {
         let txt_len = len(&txt, "checkpoints.txt")?;
         let count = len(&idx, "checkpoints.idx")? / CP_LEN;
         let mut files = CpFiles {
-            idx,
-            txt,
+            idx: Arc::new(idx),
+            txt: Arc::new(txt),
             count,
             last: None,
         };
-        // Keep the records of sizes up to `trusted` (a binary search: sizes
-        // never decrease), then drop any whose text is not all there.
-        let (mut lo, mut hi) = (0u64, files.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if read_cp(&files.idx, mid)?.size <= trusted {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let mut keep = lo;
+        // Keep the records of sizes up to `trusted`, then drop any whose
+        // text is not all there.
+        let mut keep = Self::first_above(&files, trusted)?;
         while keep > 0 && read_cp(&files.idx, keep - 1)?.end > txt_len {
             keep -= 1;
         }
@@ -448,19 +444,19 @@ impl CheckpointFile {
         Ok(())
     }
 
-    /// Makes the files durable (before `indexed_size` may cover them).
+    /// Makes the files durable (before `indexed_size` may cover them): what
+    /// was written before the call, without holding the lock `add` takes.
     ///
     /// # Errors
     /// I/O errors.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let files = self.files.read().expect("checkpoint files lock");
-        files
-            .txt
-            .sync_data()
+        let (txt, idx) = {
+            let files = self.files.read().expect("checkpoint files lock");
+            (files.txt.clone(), files.idx.clone())
+        };
+        txt.sync_data()
             .map_err(io_err("sync checkpoints.txt".into()))?;
-        files
-            .idx
-            .sync_data()
+        idx.sync_data()
             .map_err(io_err("sync checkpoints.idx".into()))
     }
 
@@ -513,7 +509,8 @@ impl CheckpointFile {
             .map_err(|_| damaged())
     }
 
-    /// Index of the first record of a size above `size`.
+    /// Index of the first record of a size above `size` (a binary search:
+    /// sizes never decrease).
     fn first_above(files: &CpFiles, size: u64) -> Result<u64, StoreError> {
         let (mut lo, mut hi) = (0u64, files.count);
         while lo < hi {
