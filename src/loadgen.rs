@@ -205,12 +205,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let rate = count as f64 / elapsed;
     let mut lat = lat;
     lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&lat, p);
     println!(
         "{} x{} batch {} payload {} B on {} server(s), {} connection(s) each, client on {} thread(s): {:.0} entries/s, {:.1} MB/s, latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms",
         args.mode,
@@ -265,20 +260,37 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 type LoadResult = (u64, Vec<u64>, f64);
 
-/// What the gRPC stack alone allows on this machine, measured in the same
-/// run: the same number of concurrent unary callers sending the standard
-/// health check (tiny messages, answered without touching the engine) to
-/// the same server over as many connections. Calls/s and p99 in ms.
-async fn grpc_floor(args: &BenchArgs) -> Result<(f64, f64), Box<dyn std::error::Error>> {
-    use tonic_health::pb::health_client::HealthClient;
+/// The `p` quantile of sorted latencies in microseconds, in milliseconds.
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// `--connections` channels to each server, round robin over the servers.
+async fn connect_all(
+    args: &BenchArgs,
+) -> Result<Vec<tonic::transport::Channel>, Box<dyn std::error::Error>> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         for server in std::iter::once(&args.at.server).chain(&args.also_server) {
             channels.push(crate::cli_conn::endpoint(server.clone())?.connect().await?);
         }
     }
+    Ok(channels)
+}
+
+/// What the gRPC stack alone allows on this machine, measured in the same
+/// run: the same number of concurrent unary callers sending the standard
+/// health check (tiny messages, answered without touching the engine) to
+/// the same server over as many connections. Calls/s and p99 in ms.
+async fn grpc_floor(args: &BenchArgs) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    use tonic_health::pb::health_client::HealthClient;
+    let channels = connect_all(args).await?;
     let seconds = args.seconds.min(5.0);
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -287,7 +299,7 @@ async fn grpc_floor(args: &BenchArgs) -> Result<(f64, f64), Box<dyn std::error::
             channels[t % channels.len()].clone(),
             crate::cli_conn::bearer()?,
         );
-        let (stop, lat) = (stop.clone(), lat.clone());
+        let (stop, count, lat) = (stop.clone(), count.clone(), lat.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -298,6 +310,7 @@ async fn grpc_floor(args: &BenchArgs) -> Result<(f64, f64), Box<dyn std::error::
                     })
                     .await?;
                 mine.push(t0.elapsed().as_micros() as u64);
+                count.fetch_add(1, Ordering::Relaxed);
             }
             lat.lock().expect("lat lock").extend(mine);
             Ok::<(), tonic::Status>(())
@@ -306,24 +319,18 @@ async fn grpc_floor(args: &BenchArgs) -> Result<(f64, f64), Box<dyn std::error::
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    // Calls that end after the stop are not counted, as in the load itself.
+    let done = count.load(Ordering::Relaxed);
     for t in tasks {
         t.await??;
     }
     let mut lat = std::mem::take(&mut *lat.lock().expect("lat lock"));
     lat.sort_unstable();
-    let p99 = lat
-        .get((lat.len() as f64 * 0.99) as usize)
-        .map_or(0.0, |&v| v as f64 / 1000.0);
-    Ok((lat.len() as f64 / elapsed, p99))
+    Ok((done as f64 / elapsed, percentile_ms(&lat, 0.99)))
 }
 
 async fn load(args: &BenchArgs) -> Result<LoadResult, Box<dyn std::error::Error>> {
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        for server in std::iter::once(&args.at.server).chain(&args.also_server) {
-            channels.push(crate::cli_conn::endpoint(server.clone())?.connect().await?);
-        }
-    }
+    let channels = connect_all(args).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));

@@ -139,6 +139,16 @@ impl LogState {
             .map_or(self.size, |u| u.first_seq + u.offsets.len() as u64)
     }
 
+    /// Refuses the log after a failed update of its derived index `what`
+    /// (readers would find the index behind the size), passing `e` on.
+    fn refuse_index(&mut self, what: &str, e: StoreError) -> StoreError {
+        self.refused = Some((
+            "index".into(),
+            format!("{what} update failed: {e}; restart to rebuild"),
+        ));
+        e
+    }
+
     /// Fails while the log is refused (corruption found, or a failed write).
     fn check_serving(&self, log: &str) -> Result<(), StoreError> {
         match &self.refused {
@@ -1012,40 +1022,29 @@ impl Store for EmbeddedStore {
             .collect();
         // Dense records before the size moves: a reader that sees the new
         // size finds them.
-        if let Err(e) = files.index.dense.add(batch.first_seq, &dense, &batch.nodes) {
-            st.refused = Some((
-                "index".into(),
-                format!("index update failed: {e}; restart to rebuild"),
-            ));
-            return Err(e);
-        }
+        files
+            .index
+            .dense
+            .add(batch.first_seq, &dense, &batch.nodes)
+            .map_err(|e| st.refuse_index("index", e))?;
         let n = batch.entries.len() as u64;
         let keys = batch.entries.iter().map(|e| EntryKeys {
             subject: &e.entry.subject,
             actor: &e.entry.actor,
             idempotency_key: &e.entry.idempotency_key,
         });
-        if let Err(e) = files.postings.add(batch.first_seq, keys) {
-            st.refused = Some((
-                "index".into(),
-                format!("postings update failed: {e}; restart to rebuild"),
-            ));
-            return Err(e);
-        }
+        files
+            .postings
+            .add(batch.first_seq, keys)
+            .map_err(|e| st.refuse_index("postings", e))?;
         // The checkpoint too, then the size the indexer may mark as indexed
         // once it has synced the files.
         let end = batch.first_seq + n;
-        if let Err(e) = files
+        files
             .index
             .keyed
             .add_checkpoints([(end, batch.checkpoint.as_str())])
-        {
-            st.refused = Some((
-                "index".into(),
-                format!("checkpoint index update failed: {e}; restart to rebuild"),
-            ));
-            return Err(e);
-        }
+            .map_err(|e| st.refuse_index("checkpoint index", e))?;
         files.progress.0.lock().expect("progress lock").keyed_size = end;
         st.size += n;
         Ok(())

@@ -67,6 +67,12 @@ fn io_err(context: String) -> impl FnOnce(io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
+fn file_len(f: &File, what: &str) -> Result<u64, StoreError> {
+    f.metadata()
+        .map(|m| m.len())
+        .map_err(io_err(format!("stat {what}")))
+}
+
 struct DenseFiles {
     locs: Arc<File>,
     /// `levels[l - 1]` holds the perfect nodes of level `l`.
@@ -98,14 +104,9 @@ impl DenseIndex {
     /// I/O errors.
     pub fn open(dir: &Path, trusted: u64) -> Result<(DenseIndex, u64), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        let len = |f: &File, what: &str| {
-            f.metadata()
-                .map(|m| m.len())
-                .map_err(io_err(format!("stat {what}")))
-        };
         let locs_path = dir.join("locations");
         let locs = open_rw(&locs_path).map_err(io_err(format!("open {}", locs_path.display())))?;
-        let mut trusted = trusted.min(len(&locs, "locations")? / LOC_LEN);
+        let mut trusted = trusted.min(file_len(&locs, "locations")? / LOC_LEN);
         let mut levels = Vec::new();
         for level in 1..64u32 {
             let path = dir.join(format!("nodes-{level:02}"));
@@ -115,7 +116,7 @@ impl DenseIndex {
             let f = open_rw(&path).map_err(io_err(format!("open {}", path.display())))?;
             // A level file too short for `trusted` lowers it: with n hashes
             // it covers every size t with t >> level <= n.
-            let n = len(&f, "nodes")? / 32;
+            let n = file_len(&f, "nodes")? / 32;
             trusted = trusted.min(((n + 1) << level) - 1);
             levels.push(f);
         }
@@ -364,13 +365,8 @@ impl CheckpointFile {
         let idx = open_rw(&idx_path).map_err(io_err(format!("open {}", idx_path.display())))?;
         let txt_path = dir.join("checkpoints.txt");
         let txt = open_rw(&txt_path).map_err(io_err(format!("open {}", txt_path.display())))?;
-        let len = |f: &File, what: &str| {
-            f.metadata()
-                .map(|m| m.len())
-                .map_err(io_err(format!("stat {what}")))
-        };
-        let txt_len = len(&txt, "checkpoints.txt")?;
-        let count = len(&idx, "checkpoints.idx")? / CP_LEN;
+        let txt_len = file_len(&txt, "checkpoints.txt")?;
+        let count = file_len(&idx, "checkpoints.idx")? / CP_LEN;
         let mut files = CpFiles {
             idx: Arc::new(idx),
             txt: Arc::new(txt),
@@ -602,6 +598,15 @@ pub struct KeyedIndex {
 
 const INDEXED_SIZE: &[u8] = b"indexed_size";
 
+/// Name of the sled tree `name` of `log`.
+fn tree_name(log: &str, name: &str) -> String {
+    format!("{log}\u{0}{name}")
+}
+
+fn indexed_size_in(meta: &Tree) -> Result<u64, StoreError> {
+    Ok(meta.get(INDEXED_SIZE)?.map_or(0, |v| u64_of(&v)))
+}
+
 fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
@@ -617,17 +622,21 @@ impl KeyedIndex {
     ///
     /// # Errors
     /// sled errors.
-    fn open(db: &Db, log: &str, checkpoints: CheckpointFile) -> Result<KeyedIndex, StoreError> {
-        let name = |name: &str| format!("{log}\u{0}{name}");
+    fn open(
+        db: &Db,
+        log: &str,
+        meta: Tree,
+        checkpoints: CheckpointFile,
+    ) -> Result<KeyedIndex, StoreError> {
         // Earlier builds kept postings in a sled tree `keys` and checkpoints
         // in a tree `checkpoints`; both now live in their own files, so
         // drop what an older directory has.
-        db.drop_tree(name("keys"))?;
-        db.drop_tree(name("checkpoints"))?;
+        db.drop_tree(tree_name(log, "keys"))?;
+        db.drop_tree(tree_name(log, "checkpoints"))?;
         Ok(KeyedIndex {
             checkpoints,
-            segments: db.open_tree(name("segments"))?,
-            meta: db.open_tree(name("meta"))?,
+            segments: db.open_tree(tree_name(log, "segments"))?,
+            meta,
         })
     }
 
@@ -636,11 +645,7 @@ impl KeyedIndex {
     /// # Errors
     /// sled errors.
     pub fn indexed_size(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(INDEXED_SIZE)?
-            .map(|v| u64_of(&v))
-            .unwrap_or(0))
+        indexed_size_in(&self.meta)
     }
 
     /// Records `indexed_size` (after the dense files were synced): syncs the
@@ -763,8 +768,8 @@ impl LogIndex {
     /// # Errors
     /// I/O and sled errors.
     pub fn open(db: &Db, dir: &Path, log: &str) -> Result<LogIndex, StoreError> {
-        let meta = db.open_tree(format!("{log}\u{0}meta"))?;
-        let recorded = meta.get(INDEXED_SIZE)?.map_or(0, |v| u64_of(&v));
+        let meta = db.open_tree(tree_name(log, "meta"))?;
+        let recorded = indexed_size_in(&meta)?;
         let (mut dense, mut trusted) = DenseIndex::open(dir, recorded)?;
         let (checkpoints, vouched) = CheckpointFile::open(dir, trusted)?;
         if vouched < trusted {
@@ -772,7 +777,7 @@ impl LogIndex {
             // files, or damaged ones): index again from the last one kept.
             (dense, trusted) = DenseIndex::open(dir, vouched)?;
         }
-        let keyed = KeyedIndex::open(db, log, checkpoints)?;
+        let keyed = KeyedIndex::open(db, log, meta, checkpoints)?;
         if trusted < recorded {
             // Re-indexing keyed facts is idempotent: catch up from here.
             keyed.set_indexed_size(trusted)?;
@@ -925,5 +930,32 @@ mod tests {
         let (f, vouched) = CheckpointFile::open(dir.path(), 6).unwrap();
         assert_eq!(vouched, 3, "its text is not all there");
         assert_eq!(f.at(6).unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_offsets_inside_the_file_are_refused_and_neighbours_served() {
+        let dir = tempfile::tempdir().unwrap();
+        // Enough text that an offset can claim more than
+        // MAX_CHECKPOINT_TEXT and still point inside the file.
+        let sizes: Vec<u64> = (1..=2_000).collect();
+        drop(filled(dir.path(), &sizes));
+        let txt_len = fs::metadata(dir.path().join("checkpoints.txt"))
+            .unwrap()
+            .len();
+        assert!(txt_len > MAX_CHECKPOINT_TEXT + 100);
+        let idx = dir.path().join("checkpoints.idx");
+        let mut recs = fs::read(&idx).unwrap();
+        // Record 9's end moved to the file's end: a text longer than any
+        // note, and every later record now starts after its own end.
+        let at = 9 * CP_LEN as usize + 8;
+        recs[at..at + 8].copy_from_slice(&txt_len.to_be_bytes());
+        fs::write(&idx, recs).unwrap();
+        let (f, _) = CheckpointFile::open(dir.path(), 2_000).unwrap();
+        assert_eq!(f.at(9).unwrap(), Some(note(9, "a")));
+        for size in [10, 11] {
+            let err = f.at(size).unwrap_err().to_string();
+            assert!(err.contains("damaged"), "{size}: {err}");
+        }
+        assert_eq!(f.at(12).unwrap(), Some(note(12, "a")));
     }
 }
