@@ -519,3 +519,55 @@ fn two_engines_on_one_database_share_one_chain() {
     assert!(last.is_some());
     engine.shutdown();
 }
+
+/// A batch's writes and its COMMIT go to PostgreSQL in one round trip: when
+/// one write fails, the COMMIT must end the transaction as a rollback, with
+/// nothing of the batch stored and the append refused. Attack: a row
+/// planted (with SQL) where the next batch's checkpoint goes makes that
+/// one insert fail while the entries, nodes and head writes beside it
+/// succeed.
+#[test]
+fn a_failed_write_commits_nothing_of_its_batch() {
+    let Some(pg) = Pg::start("a_failed_write_commits_nothing_of_its_batch") else {
+        return;
+    };
+    let url = pg.create_db("failed_write");
+    let m = PgMaker(url);
+    let clock = ManualClock::at(1_000);
+    let engine = start(m.open(), vec![orders()], clock.clone());
+    let first = engine
+        .append_blocking("orders", vec![keyed("order:1", "first", "k-1")])
+        .unwrap();
+    assert_eq!(first.receipts[0].seq, 0);
+    let count = |sql: &str| pg.psql("failed_write", sql).trim().to_owned();
+    pg.psql(
+        "failed_write",
+        "INSERT INTO auditlog_checkpoints (log, size, note) VALUES ('orders', 2, 'planted')",
+    );
+    let refused = engine.append_blocking("orders", vec![keyed("order:2", "second", "k-2")]);
+    assert!(
+        matches!(refused, Err(AppendError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(count("SELECT count(*) FROM auditlog_entries"), "1");
+    assert_eq!(
+        count("SELECT size FROM auditlog_logs WHERE name = 'orders'"),
+        "1"
+    );
+    assert_eq!(count("SELECT count(*) FROM auditlog_nodes"), "0");
+    // Once the planted row is gone, the same append goes through at the
+    // same seq, and the store verifies.
+    pg.psql(
+        "failed_write",
+        "DELETE FROM auditlog_checkpoints WHERE note = 'planted'",
+    );
+    let second = engine
+        .append_blocking("orders", vec![keyed("order:2", "second", "k-2")])
+        .unwrap();
+    assert_eq!(second.receipts[0].seq, 1);
+    assert!(!second.receipts[0].duplicate);
+    engine.shutdown();
+    drop(engine);
+    let report = m.verify();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}

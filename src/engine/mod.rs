@@ -781,6 +781,55 @@ impl Reply {
 }
 type Request = (Vec<PreparedEntry>, Reply);
 
+/// The idempotency keys the requests use (with repeats).
+fn request_keys(requests: &[Request]) -> Vec<&str> {
+    requests
+        .iter()
+        .flat_map(|(entries, _)| entries.iter())
+        .map(|e| e.input.idempotency_key.as_str())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// The idempotency keys the appends among `cmds` use (with repeats).
+fn command_keys(cmds: &[Command]) -> Vec<&str> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Append { entries, .. } => Some(entries.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|e| e.input.idempotency_key.as_str())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// What a group commit has taken so far, against its bounds
+/// ([`MAX_BATCH_ENTRIES`], [`MAX_BATCH_BYTES`]).
+#[derive(Default)]
+struct BatchRoom {
+    entries: usize,
+    bytes: usize,
+}
+
+impl BatchRoom {
+    /// Moves the commands queued now into `cmds`, while there is room.
+    fn take_queued(&mut self, rx: &mpsc::Receiver<Command>, cmds: &mut Vec<Command>) {
+        while self.entries < MAX_BATCH_ENTRIES && self.bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    if let Command::Append { entries, .. } = &cmd {
+                        self.entries += entries.len();
+                        self.bytes += entries.iter().map(|e| e.input.payload.len()).sum::<usize>();
+                    }
+                    cmds.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// What one entry of a request becomes.
 enum Slot {
     /// Appended now, at this position of the batch.
@@ -894,29 +943,23 @@ impl Worker {
                 }
             };
             self.close_windows();
-            // On a shared store, take the log's head lock first: whatever
-            // arrives while another process holds it joins this batch.
+            // Group commit: take everything queued behind the first command.
+            let mut cmds = vec![first];
+            let mut room = BatchRoom::default();
+            room.take_queued(&rx, &mut cmds);
+            // On a shared store, take the log's head lock (looking up the
+            // batch's idempotency keys with it): whatever arrives while
+            // another process holds it joins this batch.
             let store = self.store.clone();
-            let mut lock = match &first {
+            let mut lock = match &cmds[0] {
                 Command::Append { .. } if store.shared() => {
-                    store.lock_head(&self.config.name).ok().flatten()
+                    let keys = command_keys(&cmds);
+                    store.lock_head(&self.config.name, &keys).ok().flatten()
                 }
                 _ => None,
             };
-            // Group commit: take everything queued behind the first command.
-            let mut cmds = vec![first];
-            let (mut n, mut bytes) = (0usize, 0usize);
-            while n < MAX_BATCH_ENTRIES && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(cmd) => {
-                        if let Command::Append { entries, .. } = &cmd {
-                            n += entries.len();
-                            bytes += entries.iter().map(|e| e.input.payload.len()).sum::<usize>();
-                        }
-                        cmds.push(cmd);
-                    }
-                    Err(_) => break,
-                }
+            if lock.is_some() {
+                room.take_queued(&rx, &mut cmds);
             }
             let mut appends = Vec::new();
             for cmd in cmds {
@@ -996,7 +1039,9 @@ impl Worker {
         self.drain();
         let unavailable = |e: StoreError| AppendError::Unavailable(e.to_string());
         let store = self.store.clone();
-        let lock = store.lock_head(&self.config.name).map_err(unavailable)?;
+        let lock = store
+            .lock_head(&self.config.name, &[])
+            .map_err(unavailable)?;
         if let Some(l) = &lock {
             if !self.sequencer.is_at(l.head()) {
                 // Another process appended or sealed: what was due may no
@@ -1064,24 +1109,37 @@ impl Worker {
     }
 
     /// Decides, for each request, which entries are new and which are
-    /// duplicates; replies at once to requests that conflict.
-    fn plan(&self, requests: Vec<Request>) -> (Vec<PreparedEntry>, Vec<Pending>) {
+    /// duplicates; replies at once to requests that conflict. `looked_up`:
+    /// keys already looked up under the head lock (see [`HeadLock::keys`]).
+    fn plan(
+        &self,
+        requests: Vec<Request>,
+        looked_up: Option<&HashMap<String, Option<u64>>>,
+    ) -> (Vec<PreparedEntry>, Vec<Pending>) {
         let mut fresh: Vec<PreparedEntry> = Vec::new();
         let mut keys: HashMap<String, usize> = HashMap::new();
         let mut pending = Vec::new();
         // Every key of the batch looked up at once (one query on a
-        // database, instead of one per entry).
-        let wanted: Vec<&str> = requests
-            .iter()
-            .flat_map(|(entries, _)| entries.iter())
-            .map(|e| e.input.idempotency_key.as_str())
-            .filter(|k| !k.is_empty())
+        // database, instead of one per entry), except those the head lock
+        // looked up already.
+        let mut known: HashMap<String, u64> = looked_up
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, seq)| seq.map(|s| (k.clone(), s)))
+            .collect();
+        let wanted: Vec<&str> = request_keys(&requests)
+            .into_iter()
+            .filter(|k| !looked_up.is_some_and(|l| l.contains_key(*k)))
             .collect();
         let known = if wanted.is_empty() {
-            Ok(HashMap::new())
+            Ok(known)
         } else {
             self.store
                 .seqs_by_idempotency_keys(&self.config.name, &wanted)
+                .map(|more| {
+                    known.extend(more);
+                    known
+                })
                 .map_err(|e| AppendError::Unavailable(e.to_string()))
         };
         'requests: for (entries, reply) in requests {
@@ -1173,7 +1231,7 @@ impl Worker {
         let store = self.store.clone();
         let acquired = match lock {
             Some(l) => Ok(Some(l)),
-            None => store.lock_head(&self.config.name),
+            None => store.lock_head(&self.config.name, &request_keys(&requests)),
         };
         let lock = match acquired {
             Ok(l) => l,
@@ -1223,7 +1281,7 @@ impl Worker {
         if pipelined {
             self.settle_in_flight(&requests);
         }
-        let (fresh, pending) = self.plan(requests);
+        let (fresh, pending) = self.plan(requests, lock.as_deref().map(|l| l.keys()));
         if pending.is_empty() {
             return;
         }

@@ -251,13 +251,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// For a shared store: locks the log's head against every other
     /// process until the returned lock appends or seals (and releases), or
-    /// is dropped; the head it holds is the durable one. `None` for a store
-    /// only this process writes (its head is the engine's own).
+    /// is dropped; the head it holds is the durable one. The idempotency
+    /// `keys` are looked up under the lock, in the same round trip (see
+    /// [`HeadLock::keys`]). `None` for a store only this process writes
+    /// (its head is the engine's own).
     ///
     /// # Errors
     /// Unknown log, database failure.
-    fn lock_head(&self, log: &str) -> Result<Option<Box<dyn HeadLock + '_>>, StoreError> {
-        let _ = log;
+    fn lock_head(
+        &self,
+        log: &str,
+        keys: &[&str],
+    ) -> Result<Option<Box<dyn HeadLock + '_>>, StoreError> {
+        let _ = (log, keys);
         Ok(None)
     }
 
@@ -439,6 +445,11 @@ impl SyncPoint {
 pub trait HeadLock: Send {
     /// The durable head, as read under the lock.
     fn head(&self) -> &LogHead;
+
+    /// Each idempotency key asked for when the lock was taken, with the
+    /// seq of the entry that used it (`None`: unused), as
+    /// [`Store::seqs_by_idempotency_keys`] answers once the lock is held.
+    fn keys(&self) -> &std::collections::HashMap<String, Option<u64>>;
 
     /// Writes `batch` (which must start at the head) durably and releases
     /// the lock.

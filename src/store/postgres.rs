@@ -375,30 +375,12 @@ impl PgStore {
         log: &str,
         lock: &str,
     ) -> Result<Option<LogHead>, StoreError> {
-        let sql = format!(
-            "SELECT size, prev_leaf, last_timestamp, frontier, segment, segment_first_seq, \
-             segment_span_from, segment_frontier, segment_first_timestamp, prev_seal, \
-             latest_checkpoint FROM auditlog_logs WHERE name = $1{lock}"
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(db)?;
-        let Some(r) = client.query_opt(&statement, &[&log]).await.map_err(db)? else {
-            return Ok(None);
-        };
-        Ok(Some(LogHead {
-            size: seq_u64(r.get(0)),
-            prev_leaf: hash_of(r.get(1))?,
-            last_timestamp: r.get(2),
-            frontier: hashes_of(r.get(3))?,
-            segment: OpenSegment {
-                index: seq_u64(r.get(4)),
-                first_seq: seq_u64(r.get(5)),
-                span_from: r.get(6),
-                frontier: hashes_of(r.get(7))?,
-                first_timestamp: r.get(8),
-            },
-            prev_seal: hash_of(r.get(9))?,
-            latest_checkpoint: r.get(10),
-        }))
+        let statement = client
+            .prepare_cached(&format!("{HEAD_SQL}{lock}"))
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&statement, &[&log]).await.map_err(db)?;
+        row.as_ref().map(head_of_row).transpose()
     }
 
     fn client_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -467,24 +449,73 @@ impl PgStore {
     }
 }
 
-/// Executes `sql` as a statement prepared once per connection (later calls
-/// skip the parse round trip).
-async fn cached_execute<C: GenericClient + Sync>(
-    client: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<u64, StoreError> {
-    let statement = client.prepare_cached(sql).await.map_err(db)?;
-    client.execute(&statement, params).await.map_err(db)
+/// Reads a log's head (`$1`: its name); the caller may append a lock.
+const HEAD_SQL: &str = "SELECT size, prev_leaf, last_timestamp, frontier, segment, \
+     segment_first_seq, segment_span_from, segment_frontier, segment_first_timestamp, \
+     prev_seal, latest_checkpoint FROM auditlog_logs WHERE name = $1";
+
+/// A head row as [`HEAD_SQL`] reads it.
+fn head_of_row(r: &tokio_postgres::Row) -> Result<LogHead, StoreError> {
+    Ok(LogHead {
+        size: seq_u64(r.get(0)),
+        prev_leaf: hash_of(r.get(1))?,
+        last_timestamp: r.get(2),
+        frontier: hashes_of(r.get(3))?,
+        segment: OpenSegment {
+            index: seq_u64(r.get(4)),
+            first_seq: seq_u64(r.get(5)),
+            span_from: r.get(6),
+            frontier: hashes_of(r.get(7))?,
+            first_timestamp: r.get(8),
+        },
+        prev_seal: hash_of(r.get(9))?,
+        latest_checkpoint: r.get(10),
+    })
+}
+
+/// Queries the entries of `log` appended with any of `keys`, in one
+/// round trip, sent at the first poll. The statement is unnamed, so it is
+/// planned for these keys each time: a cached generic plan for `= ANY($2)`
+/// can pick another index and cost milliseconds once the table is large.
+async fn query_keys(
+    client: &tokio_postgres::Client,
+    log: &str,
+    keys: &[String],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    use tokio_postgres::types::Type;
+    client
+        .query_typed(
+            "SELECT seq, encoding FROM auditlog_entries \
+             WHERE log = $1 AND idempotency_key = ANY($2)",
+            &[(&log, Type::TEXT), (&keys, Type::TEXT_ARRAY)],
+        )
+        .await
+        .map_err(db)
+}
+
+/// The seqs of the entries [`query_keys`] found, by key.
+fn seqs_of_rows(rows: Vec<tokio_postgres::Row>, keys: &[String]) -> HashMap<String, u64> {
+    let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+    // The column is derived: only what the entry itself says counts.
+    rows.into_iter()
+        .filter_map(|r| {
+            let seq = seq_u64(r.get(0));
+            let e = Entry::decode(r.get::<_, &[u8]>(1)).ok()?;
+            (e.seq == seq && !e.idempotency_key.is_empty()).then_some((e.idempotency_key, seq))
+        })
+        .filter(|(k, _)| wanted.contains(k.as_str()))
+        .collect()
 }
 
 /// Writes `batch` on a connection inside a transaction that holds the
-/// log's head row (`head` as read under the lock).
+/// log's head row (`head` as read under the lock), and with `commit`
+/// commits it.
 async fn write_batch<C: GenericClient + Sync>(
     tx: &C,
     log: &str,
     head: &LogHead,
     batch: &Batch,
+    commit: bool,
 ) -> Result<(), StoreError> {
     let size = head.size;
     if size != batch.first_seq {
@@ -566,36 +597,57 @@ async fn write_batch<C: GenericClient + Sync>(
         &first_ts,
         &batch.checkpoint,
     ];
-    let entries = cached_execute(
-        tx,
+    // Each statement is prepared first (once per connection: later
+    // batches find it cached), so that sending them is all that is left.
+    let prepare = |sql| async move { tx.prepare_cached(sql).await.map_err(db) };
+    let entries = prepare(
         "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, payload_state, salt, \
          payload, subject, actor, idempotency_key, timestamp_unix_nanos, segment) \
          SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $11 \
          FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
          $7::text[], $8::text[], $9::text[], $10::bigint[], $12::smallint[]) \
          AS t(s, enc, leaf, salt, payload, subject, actor, key, ts, st)",
-        &entry_params,
-    );
-    let nodes = cached_execute(
-        tx,
+    )
+    .await?;
+    let nodes = prepare(
         "INSERT INTO auditlog_nodes (log, level, index, hash) \
          SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) \
          AS t(l, i, h)",
-        &node_params,
-    );
-    let checkpoint = cached_execute(
-        tx,
-        "INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)",
-        &checkpoint_params,
-    );
-    let head_row = cached_execute(
-        tx,
+    )
+    .await?;
+    let checkpoint =
+        prepare("INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)").await?;
+    let head_row = prepare(
         "UPDATE auditlog_logs SET size = $2, prev_leaf = $3, last_timestamp = $4, \
          frontier = $5, segment_frontier = $6, segment_first_timestamp = $7, \
          latest_checkpoint = $8 WHERE name = $1",
-        &head_params,
-    );
-    tokio::try_join!(entries, nodes, checkpoint, head_row)?;
+    )
+    .await?;
+    let execute =
+        |statement, params| async move { tx.execute(statement, params).await.map_err(db) };
+    // The writes are independent, so they go out together and cost one
+    // round trip (tokio-postgres pipelines the queries of one connection,
+    // in the order they are first polled: `biased` polls in order, and a
+    // prepared statement is sent at its first poll). With `commit`, the
+    // COMMIT goes out behind them in the same round trip: if any write
+    // fails, PostgreSQL ends the aborted transaction at that COMMIT
+    // (answering it as a ROLLBACK, which is no error), and the failed
+    // write's error is what this returns.
+    let commit = async {
+        if commit {
+            tx.batch_execute("COMMIT").await.map_err(db)
+        } else {
+            Ok(())
+        }
+    };
+    tokio::try_join!(
+        biased;
+        execute(&entries, &entry_params[..]),
+        execute(&nodes, &node_params[..]),
+        execute(&checkpoint, &checkpoint_params[..]),
+        execute(&head_row, &head_params[..]),
+        commit
+    )?;
     Ok(())
 }
 
@@ -670,6 +722,7 @@ struct PgHeadLock<'a> {
     log: String,
     client: Option<deadpool_postgres::Object>,
     head: LogHead,
+    keys: HashMap<String, Option<u64>>,
 }
 
 impl PgHeadLock<'_> {
@@ -689,17 +742,14 @@ impl super::HeadLock for PgHeadLock<'_> {
         &self.head
     }
 
+    fn keys(&self) -> &HashMap<String, Option<u64>> {
+        &self.keys
+    }
+
     fn append(self: Box<Self>, batch: &Batch) -> Result<(), StoreError> {
         let batch = batch.clone();
         self.finish(move |client, log, head| async move {
-            // COMMIT only once every write has answered: a statement sent
-            // by name is prepared first, so a COMMIT sent alongside could
-            // overtake it.
-            let done = async {
-                write_batch(&client, &log, &head, &batch).await?;
-                client.batch_execute("COMMIT").await.map_err(db)
-            }
-            .await;
+            let done = write_batch(&client, &log, &head, &batch, true).await;
             if done.is_err() {
                 let _ = client.batch_execute("ROLLBACK").await;
             }
@@ -836,7 +886,7 @@ impl Store for PgStore {
                 .await
                 .map_err(db)?;
             let head = Self::locked_head(&tx, &log).await?;
-            write_batch(&tx, &log, &head, &batch).await?;
+            write_batch(&tx, &log, &head, &batch, false).await?;
             tx.commit().await.map_err(db)
         })
     }
@@ -923,28 +973,62 @@ impl Store for PgStore {
         })
     }
 
-    fn lock_head(&self, log: &str) -> Result<Option<Box<dyn super::HeadLock + '_>>, StoreError> {
+    fn lock_head(
+        &self,
+        log: &str,
+        keys: &[&str],
+    ) -> Result<Option<Box<dyn super::HeadLock + '_>>, StoreError> {
         self.known(log)?;
         let pool = self.pool.clone();
         let log2 = log.to_owned();
-        let (client, head) = self.run(async move {
+        let asked: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        let (client, head, keys) = self.run(async move {
             let client = pool.get().await.map_err(Self::client_error)?;
-            // BEGIN and the locking read go out together.
+            // BEGIN, the locking read and the key look-up go out together,
+            // one round trip, in this order (the read prepared first, both
+            // sent at their first poll, polled in order). The
+            // look-up runs once the lock is granted (a connection runs its
+            // queries in order), so it sees every batch committed before
+            // this one can be written.
             let locked = async {
-                let (_, head) = tokio::try_join!(
+                let lock = client
+                    .prepare_cached(&format!("{HEAD_SQL} FOR UPDATE"))
+                    .await
+                    .map_err(db)?;
+                let (_, head, found) = tokio::try_join!(
+                    biased;
                     async {
                         client
                             .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
                             .await
                             .map_err(db)
                     },
-                    Self::locked_head(&client, &log2)
+                    async { client.query_opt(&lock, &[&log2]).await.map_err(db) },
+                    async {
+                        if asked.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        query_keys(&client, &log2, &asked).await
+                    }
                 )?;
-                Ok::<_, StoreError>(head)
+                let head = head
+                    .as_ref()
+                    .map(head_of_row)
+                    .transpose()?
+                    .ok_or_else(|| StoreError::UnknownLog(log2.clone()))?;
+                let found = seqs_of_rows(found, &asked);
+                let keys: HashMap<String, Option<u64>> = asked
+                    .into_iter()
+                    .map(|k| {
+                        let seq = found.get(&k).copied();
+                        (k, seq)
+                    })
+                    .collect();
+                Ok::<_, StoreError>((head, keys))
             }
             .await;
             match locked {
-                Ok(head) => Ok((client, head)),
+                Ok((head, keys)) => Ok((client, head, keys)),
                 Err(e) => {
                     let _ = client.batch_execute("ROLLBACK").await;
                     Err(e)
@@ -956,6 +1040,7 @@ impl Store for PgStore {
             log: log.to_owned(),
             client: Some(client),
             head,
+            keys,
         })))
     }
 
@@ -996,27 +1081,8 @@ impl Store for PgStore {
         let log = log.to_owned();
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         self.run(async move {
-            let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
             let client = pool.get().await.map_err(Self::client_error)?;
-            let rows = client
-                .query(
-                    "SELECT seq, encoding FROM auditlog_entries \
-                     WHERE log = $1 AND idempotency_key = ANY($2)",
-                    &[&log, &keys],
-                )
-                .await
-                .map_err(db)?;
-            // The column is derived: only what the entry itself says counts.
-            Ok(rows
-                .into_iter()
-                .filter_map(|r| {
-                    let seq = seq_u64(r.get(0));
-                    let e = Entry::decode(r.get::<_, &[u8]>(1)).ok()?;
-                    (e.seq == seq && !e.idempotency_key.is_empty())
-                        .then_some((e.idempotency_key, seq))
-                })
-                .filter(|(k, _)| wanted.contains(k.as_str()))
-                .collect())
+            Ok(seqs_of_rows(query_keys(&client, &log, &keys).await?, &keys))
         })
     }
 
