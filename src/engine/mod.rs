@@ -1317,22 +1317,26 @@ impl Worker {
             Slot::New(j) | Slot::DuplicateInBatch(j) => first_seq + j as u64,
             Slot::Duplicate { seq, .. } => seq,
         };
+        // The seq each receipt proves, if the batch starts at `first_seq`.
+        let seqs_at = |first_seq: u64| -> Vec<u64> {
+            pending
+                .iter()
+                .flat_map(|p| p.slots.iter().map(|s| slot_seq(first_seq, s)))
+                .collect()
+        };
         // Every receipt is proven at the new size, all in one pass so the
         // right edge of the tree is hashed once per batch.
-        let prove = |first_seq: u64, size: u64, new_nodes: &sequencer::NodeMap| {
+        let node_store = self.store.clone();
+        let prove = |seqs: Vec<u64>, size: u64, new_nodes: &sequencer::NodeMap| {
             let reader = OverlayReader {
                 batch: new_nodes,
                 frontier: &frontier,
                 store: LogNodes {
-                    store: self.store.as_ref(),
+                    store: node_store.as_ref(),
                     log: &log,
                 },
             };
-            let all: Vec<u64> = pending
-                .iter()
-                .flat_map(|p| p.slots.iter().map(|s| slot_seq(first_seq, s)))
-                .collect();
-            merkle::inclusion_proofs::<Blake3>(&reader, all, size)
+            merkle::inclusion_proofs::<Blake3>(&reader, seqs, size)
         };
         if fresh.is_empty() {
             // Only duplicates: answer against the latest checkpoint.
@@ -1341,7 +1345,7 @@ impl Worker {
                 return;
             };
             let size = self.sequencer.size();
-            match prove(size, size, &sequencer::NodeMap::default()) {
+            match prove(seqs_at(size), size, &sequencer::NodeMap::default()) {
                 Ok(proofs) => answer(pending, size, &[], 0, proofs, &cp, size),
                 Err(e) => fail_all(pending, &format!("building proofs: {e}")),
             }
@@ -1373,7 +1377,7 @@ impl Worker {
             if batch.entries.len() >= OVERLAP_PROOFS_FROM {
                 std::thread::scope(|scope| {
                     let writer = scope.spawn(|| l.append(&batch).map(|()| None));
-                    let proofs = prove(batch.first_seq, cp.size, &new_nodes);
+                    let proofs = prove(seqs_at(batch.first_seq), cp.size, &new_nodes);
                     let written = writer.join().unwrap_or_else(|_| {
                         Err(StoreError::Index(
                             "the store panicked while appending".into(),
@@ -1383,11 +1387,35 @@ impl Worker {
                 })
             } else {
                 let written = l.append(&batch).map(|()| None);
-                (written, prove(batch.first_seq, cp.size, &new_nodes))
+                (
+                    written,
+                    prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
+                )
             }
         } else {
-            let written = store.write_unsynced(&log, &batch);
-            (written, prove(batch.first_seq, cp.size, &new_nodes))
+            match store.write_unsynced(&log, &batch) {
+                Ok(Some(point)) if self.start_syncer() => {
+                    // The syncer starts the sync now; the proofs, built
+                    // meanwhile, follow through the slot, and the receipts
+                    // go out once both are done.
+                    let seqs = seqs_at(batch.first_seq);
+                    let (proofs_tx, proofs_slot) = mpsc::sync_channel(1);
+                    let size = cp.size;
+                    self.hand_over(batch, point, pending, proofs_slot, signed, next, started);
+                    let proofs =
+                        prove(seqs, size, &new_nodes).map_err(|e| format!("building proofs: {e}"));
+                    // (Gone only if the syncer failed the batch already.)
+                    let _ = proofs_tx.send(proofs);
+                    if self.sequencer.segment_len() >= self.config.seal_max_entries {
+                        self.seal(SealReason::Size).ok();
+                    }
+                    return;
+                }
+                written => (
+                    written,
+                    prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
+                ),
+            }
         };
         let written = match written {
             Ok(Some(point)) if !self.start_syncer() => {
@@ -1417,7 +1445,11 @@ impl Worker {
             }
         };
         match point {
-            Some(point) => self.hand_over(batch, point, pending, proofs, signed, next, started),
+            Some(point) => {
+                let (proofs_tx, proofs_slot) = mpsc::sync_channel(1);
+                let _ = proofs_tx.send(Ok(proofs));
+                self.hand_over(batch, point, pending, proofs_slot, signed, next, started);
+            }
             None => {
                 self.failures.succeeded(&log);
                 count_batch(&self.metrics, &batch, started);
@@ -1471,7 +1503,7 @@ impl Worker {
         batch: Batch,
         point: SyncPoint,
         pending: Vec<Pending>,
-        proofs: Vec<Vec<Hash>>,
+        proofs: pipeline::ProofSlot,
         signed: String,
         next: sequencer::ProposalState,
         started: std::time::Instant,

@@ -2,13 +2,22 @@
 //! make written batches durable, publish them, answer their requests.
 //!
 //! ```text
-//!  log thread:    plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ proofs ─▶ Job ──┐
-//!                 (batch N+1 is prepared and written while batch N syncs)        ▼
+//!  log thread:    plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ Job ─▶ proofs ─┐
+//!                 (batch N+1 is prepared and written while batch N syncs)  │      │
+//!                                                                          ▼      ▼
 //!  syncer thread: take every queued job ─▶ one fdatasync for all ─▶ publish each, in
-//!                 order (index, then the readers' size) ─▶ answer each request
+//!                 order (index, then the readers' size) ─▶ answer each request once
+//!                 its proofs have arrived
 //! ```
 //!
+//! A job goes to the syncer as soon as its batch is written, so the sync
+//! starts while the log thread builds the receipts' proofs; they follow
+//! through the job's [`ProofSlot`].
+//!
 //! Invariants:
+//! - The log thread sends every job's proofs (or why they failed) right
+//!   after handing the job over, before it waits for anything the syncer
+//!   does, so the syncer's wait for them always ends.
 //! - A job is answered only after a sync that started after its batch was
 //!   written returned without error, and after the store published it: no
 //!   receipt names an entry a crash could lose or a reader cannot find.
@@ -34,13 +43,18 @@ use super::{answer_batch, count_batch, fail_all, FailureLog, LogView, Pending};
 const MAX_IN_FLIGHT: u64 = 8;
 
 /// A written batch on its way to its answers.
+/// Where a job's proofs arrive (see [`Job::proofs`]).
+pub(super) type ProofSlot = mpsc::Receiver<Result<Vec<Vec<Hash>>, String>>;
+
 pub(super) struct Job {
     pub batch: Batch,
     /// Syncs every write up to and including this batch's.
     pub point: SyncPoint,
     pub pending: Vec<Pending>,
-    /// One proof per slot of `pending`, in order, at the batch's size.
-    pub proofs: Vec<Vec<Hash>>,
+    /// One proof per slot of `pending`, in order, at the batch's size,
+    /// or why they could not be built: sent by the log thread once built,
+    /// which may be after the job (they are built while the sync runs).
+    pub proofs: ProofSlot,
     /// The batch's signed checkpoint.
     pub checkpoint: String,
     /// The log thread's state before the batch (restored if it fails).
@@ -188,7 +202,15 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                         v.checkpoint = Some(job.checkpoint.clone());
                     }
                     progress.0.lock().expect("progress lock").published_end = end;
-                    answer_batch(job.pending, &job.batch, job.proofs, &job.checkpoint);
+                    match job.proofs.recv() {
+                        Ok(Ok(proofs)) => {
+                            answer_batch(job.pending, &job.batch, proofs, &job.checkpoint);
+                        }
+                        // Durable but not acknowledged: the next batch
+                        // chains on it, as after a crash that kept it.
+                        Ok(Err(message)) => fail_all(job.pending, &message),
+                        Err(_) => fail_all(job.pending, "the log thread stopped"),
+                    }
                 }
                 Err(e) => {
                     let message = e.to_string();
