@@ -781,27 +781,25 @@ impl Reply {
 }
 type Request = (Vec<PreparedEntry>, Reply);
 
-/// The idempotency keys the requests use (with repeats).
-fn request_keys(requests: &[Request]) -> Vec<&str> {
-    requests
-        .iter()
-        .flat_map(|(entries, _)| entries.iter())
+/// The idempotency keys `entries` use, in order, with repeats.
+fn keys_of<'a>(entries: impl Iterator<Item = &'a PreparedEntry>) -> impl Iterator<Item = &'a str> {
+    entries
         .map(|e| e.input.idempotency_key.as_str())
         .filter(|k| !k.is_empty())
-        .collect()
+}
+
+/// The idempotency keys the requests use (with repeats).
+fn request_keys(requests: &[Request]) -> Vec<&str> {
+    keys_of(requests.iter().flat_map(|(entries, _)| entries.iter())).collect()
 }
 
 /// The idempotency keys the appends among `cmds` use (with repeats).
 fn command_keys(cmds: &[Command]) -> Vec<&str> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Append { entries, .. } => Some(entries.iter()),
-            _ => None,
-        })
-        .flatten()
-        .map(|e| e.input.idempotency_key.as_str())
-        .filter(|k| !k.is_empty())
-        .collect()
+    keys_of(cmds.iter().flat_map(|c| match c {
+        Command::Append { entries, .. } => entries.as_slice(),
+        _ => &[],
+    }))
+    .collect()
 }
 
 /// What a group commit has taken so far, against its bounds
@@ -1376,7 +1374,7 @@ impl Worker {
             // when the proofs take longer than that.)
             if batch.entries.len() >= OVERLAP_PROOFS_FROM {
                 std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| l.append(&batch).map(|()| None));
+                    let writer = scope.spawn(|| l.append(&batch));
                     let proofs = prove(seqs_at(batch.first_seq), cp.size, &new_nodes);
                     let written = writer.join().unwrap_or_else(|_| {
                         Err(StoreError::Index(
@@ -1386,7 +1384,7 @@ impl Worker {
                     (written, proofs)
                 })
             } else {
-                let written = l.append(&batch).map(|()| None);
+                let written = l.append(&batch);
                 (
                     written,
                     prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
@@ -1406,35 +1404,27 @@ impl Worker {
                         prove(seqs, size, &new_nodes).map_err(|e| format!("building proofs: {e}"));
                     // (Gone only if the syncer failed the batch already.)
                     let _ = proofs_tx.send(proofs);
-                    if self.sequencer.segment_len() >= self.config.seal_max_entries {
-                        self.seal(SealReason::Size).ok();
-                    }
+                    self.seal_if_full();
                     return;
                 }
+                // A store that pipelines, but no syncer thread: sync here.
+                Ok(Some(point)) => (
+                    self.store.publish(&log, &batch, point.sync()),
+                    prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
+                ),
+                // Durable already (the store does not pipeline), or failed.
                 written => (
-                    written,
+                    written.map(|_| ()),
                     prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
                 ),
             }
         };
-        let written = match written {
-            Ok(Some(point)) if !self.start_syncer() => {
-                // A store that pipelines, but no syncer thread: sync here.
-                self.store
-                    .publish(&log, &batch, point.sync())
-                    .map(|()| None)
-            }
-            written => written,
-        };
-        let point = match written {
-            Ok(point) => point,
-            Err(e) => {
-                let message = e.to_string();
-                self.failures.failed(&log, &message);
-                fail_all(pending, &message);
-                return;
-            }
-        };
+        if let Err(e) = written {
+            let message = e.to_string();
+            self.failures.failed(&log, &message);
+            fail_all(pending, &message);
+            return;
+        }
         let (pending, proofs) = match proofs {
             Ok(p) => (pending, p),
             Err(e) => {
@@ -1444,19 +1434,15 @@ impl Worker {
                 (Vec::new(), Vec::new())
             }
         };
-        match point {
-            Some(point) => {
-                let (proofs_tx, proofs_slot) = mpsc::sync_channel(1);
-                let _ = proofs_tx.send(Ok(proofs));
-                self.hand_over(batch, point, pending, proofs_slot, signed, next, started);
-            }
-            None => {
-                self.failures.succeeded(&log);
-                count_batch(&self.metrics, &batch, started);
-                self.commit(next, &signed, true);
-                answer_batch(pending, &batch, proofs, &signed);
-            }
-        }
+        self.failures.succeeded(&log);
+        count_batch(&self.metrics, &batch, started);
+        self.commit(next, &signed, true);
+        answer_batch(pending, &batch, proofs, &signed);
+        self.seal_if_full();
+    }
+
+    /// Seals the open segment once it holds its most entries.
+    fn seal_if_full(&mut self) {
         if self.sequencer.segment_len() >= self.config.seal_max_entries {
             self.seal(SealReason::Size).ok();
         }
@@ -1551,11 +1537,7 @@ impl Worker {
         {
             self.in_flight.pop_front();
         }
-        let reused = requests
-            .iter()
-            .flat_map(|(entries, _)| entries.iter())
-            .map(|e| e.input.idempotency_key.as_str())
-            .filter(|k| !k.is_empty())
+        let reused = keys_of(requests.iter().flat_map(|(entries, _)| entries.iter()))
             .map(|k| self.key_hasher.hash_one(k))
             .any(|k| self.in_flight.iter().any(|(_, keys)| keys.contains(&k)));
         if reused {

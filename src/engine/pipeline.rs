@@ -42,10 +42,10 @@ use super::{answer_batch, count_batch, fail_all, FailureLog, LogView, Pending};
 /// memory held by written but unanswered batches.
 const MAX_IN_FLIGHT: u64 = 8;
 
-/// A written batch on its way to its answers.
 /// Where a job's proofs arrive (see [`Job::proofs`]).
 pub(super) type ProofSlot = mpsc::Receiver<Result<Vec<Vec<Hash>>, String>>;
 
+/// A written batch on its way to its answers.
 pub(super) struct Job {
     pub batch: Batch,
     /// Syncs every write up to and including this batch's.
