@@ -571,3 +571,69 @@ fn a_failed_write_commits_nothing_of_its_batch() {
     let report = m.verify();
     assert!(report.is_valid(), "{:?}", report.findings);
 }
+
+/// The idempotency keys asked for with a head lock are looked up only
+/// once the lock is granted, so a key another server committed while this
+/// one waited for the lock is found (else its entry would be appended
+/// twice). Attack: a transaction holds the head row and, before it
+/// commits, puts back an entry with the key (parked in another log).
+#[test]
+fn keys_looked_up_with_the_lock_see_what_committed_while_it_was_awaited() {
+    let db = "keys_after_lock";
+    let Some(pg) = Pg::start(db) else {
+        return;
+    };
+    let url = pg.create_db(db);
+    let engine = start(
+        PgMaker(url.clone()).open(),
+        vec![orders()],
+        ManualClock::at(1_000),
+    );
+    engine
+        .append_blocking("orders", vec![keyed("order:1", "first", "k-1")])
+        .unwrap();
+    engine.shutdown();
+    drop(engine);
+    pg.psql(
+        db,
+        "UPDATE auditlog_entries SET log = 'parked' WHERE log = 'orders'",
+    );
+    let store = PgStore::connect(&url).unwrap();
+    let spec = auditlog::store::LogSpec {
+        name: "orders".into(),
+        origin: ORIGIN.into(),
+    };
+    store.open_log(&spec, 1_000).unwrap();
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| {
+            pg.psql(
+                db,
+                "BEGIN; SELECT size FROM auditlog_logs WHERE name = 'orders' FOR UPDATE; \
+                 SELECT pg_sleep(1); \
+                 UPDATE auditlog_entries SET log = 'orders' WHERE log = 'parked'; COMMIT;",
+            )
+        });
+        // The holder has the row once its transaction has an id (taken by
+        // the locking read, before the sleep).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pg
+            .psql(
+                db,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'transactionid' AND a.query LIKE '%pg_sleep(1)%' \
+                 AND a.pid <> pg_backend_pid()",
+            )
+            .trim()
+            == "0"
+        {
+            assert!(std::time::Instant::now() < until, "the holder never locked");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let lock = store.lock_head("orders", &["k-1", "k-2"]).unwrap().unwrap();
+        assert_eq!(lock.keys().get("k-1"), Some(&Some(0)));
+        assert_eq!(lock.keys().get("k-2"), Some(&None));
+        assert_eq!(lock.head().size, 1);
+        drop(lock);
+        holder.join().unwrap();
+    });
+}
