@@ -14,8 +14,9 @@
 //! - **Runs**: immutable sorted files `run-<first seq>-<end seq>` under
 //!   `DATA/index/postings/<log>/`, each covering a contiguous seq range,
 //!   together covering `[0, covered)`. The compactor writes frozen memtables
-//!   as runs and merges the two newest runs while the older is less than
-//!   twice the newer's span (a binary counter: O(log n) runs).
+//!   as runs, then merges adjacent runs while an older one spans less than
+//!   twice the next (the newest such pair first): each run spans at least
+//!   twice the next, a binary counter, so there are O(log n) runs.
 //!
 //! A posting is `(hash, seq)`: the key's 64-bit hash (its top two bits name
 //! the kind, so each kind is one contiguous stretch of a run) and the seq.
@@ -447,13 +448,23 @@ impl State {
         }
     }
 
-    fn merge_due(&self) -> bool {
-        let n = self.runs.len();
-        n >= 2 && {
-            let (a, b) = (&self.runs[n - 2], &self.runs[n - 1]);
-            a.end - a.first < 2 * (b.end - b.first)
-        }
+    fn merge_due(&self) -> Option<usize> {
+        pair_to_merge(self.runs.iter().map(|r| r.end - r.first))
     }
+}
+
+/// The runs to merge next, given their spans oldest first: the newest
+/// adjacent pair whose older run spans less than twice the newer (`i` names
+/// the pair `i`, `i + 1`). Checking every pair, not only the newest two,
+/// matters: frozen memtables are written before any merge, so when several
+/// pile up the two newest runs can be in order while an older pair is not
+/// (spans 1, 1, 2, 1), and a check of the newest pair alone would leave
+/// them so for good.
+fn pair_to_merge(spans: impl Iterator<Item = u64>) -> Option<usize> {
+    let spans: Vec<u64> = spans.collect();
+    (0..spans.len().saturating_sub(1))
+        .rev()
+        .find(|&i| spans[i] < 2 * spans[i + 1])
 }
 
 struct Shared {
@@ -666,7 +677,7 @@ impl Postings {
             if let Some(e) = &st.failed {
                 return Err(StoreError::Index(format!("postings: {e}")));
             }
-            if st.frozen.is_empty() && !st.merge_due() {
+            if st.frozen.is_empty() && st.merge_due().is_none() {
                 return Ok(());
             }
             st = self.shared.cv.wait(st).expect("postings lock");
@@ -710,9 +721,8 @@ fn compact(shared: &Shared) {
                 if st.stop {
                     return;
                 }
-                if st.merge_due() {
-                    let n = st.runs.len();
-                    break Work::Merge(st.runs[n - 2].clone(), st.runs[n - 1].clone());
+                if let Some(i) = st.merge_due() {
+                    break Work::Merge(st.runs[i].clone(), st.runs[i + 1].clone());
                 }
                 st = shared.cv.wait(st).expect("postings lock");
             }
@@ -733,8 +743,14 @@ fn compact(shared: &Shared) {
             Work::Merge(a, b) => merge(&shared.dir, &a, &b).and_then(|run| {
                 {
                     let mut st = shared.state.lock().expect("postings lock");
-                    let n = st.runs.len();
-                    st.runs.splice(n - 2.., [Arc::new(run)]);
+                    // Only this thread changes the runs, and flushes only
+                    // push at the end: the pair is where it was taken.
+                    let i = st
+                        .runs
+                        .iter()
+                        .position(|r| Arc::ptr_eq(r, &a))
+                        .expect("merged runs are in place");
+                    st.runs.splice(i..i + 2, [Arc::new(run)]);
                 }
                 // The merged run is durable: its inputs can go (readers
                 // holding them keep reading the unlinked files).
@@ -949,6 +965,87 @@ mod tests {
             seqs(&p, KeyKind::Actor, "user:4", 0),
             expected(2 * RUN_ENTRIES, |s| s % 5 == 4, 0)
         );
+    }
+
+    /// Writes a run for seqs `[first, end)` directly, as a compactor would.
+    fn write_run(dir: &Path, first: u64, end: u64) {
+        let mut set = BTreeSet::new();
+        for seq in first..end {
+            let (s, a, i) = keys(seq);
+            let k = EntryKeys {
+                subject: &s,
+                actor: &a,
+                idempotency_key: &i,
+            };
+            postings_of(seq, k, |p| {
+                set.insert(p);
+            });
+        }
+        Run::write(dir, first, end, set.len() as u64, set.into_iter().map(Ok)).unwrap();
+    }
+
+    #[test]
+    fn runs_out_of_order_left_on_disk_are_merged_into_a_binary_counter() {
+        // Spans 1, 1, 2, 1 (in RUN_ENTRIES): what a compactor that checked
+        // only the newest pair left when four memtables piled up before it
+        // merged. The newest pair is in order; the older ones are not.
+        let dir = tempfile::tempdir().unwrap();
+        let r = RUN_ENTRIES;
+        for (first, end) in [(0, r), (r, 2 * r), (2 * r, 4 * r), (4 * r, 5 * r)] {
+            write_run(dir.path(), first, end);
+        }
+        let (p, opened) = Postings::open(dir.path(), 5 * r).unwrap();
+        assert_eq!(opened.covered, 5 * r);
+        p.settle().unwrap();
+        assert_eq!(p.runs(), vec![(0, 4 * r), (4 * r, 5 * r)]);
+        assert_eq!(
+            seqs(&p, KeyKind::Actor, "user:2", 0),
+            expected(5 * r, |s| s % 5 == 2, 0)
+        );
+        let key = format!("idem-{}", 2 * r);
+        assert_eq!(seqs(&p, KeyKind::Idempotency, &key, 0), vec![2 * r]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the order in which memtables freeze and the compactor
+        /// works (it writes frozen memtables before it merges), once it
+        /// settles the runs are a binary counter: each spans at least twice
+        /// the next, so there are at most log2(memtables) + 1 of them.
+        #[test]
+        fn runs_settle_into_a_binary_counter_whatever_the_interleaving(
+            steps in proptest::collection::vec(proptest::bool::ANY, 1..200)
+        ) {
+            let mut spans: Vec<u64> = Vec::new();
+            let (mut frozen, mut total) = (0u64, 0u64);
+            let compactor_step = |spans: &mut Vec<u64>, frozen: &mut u64| {
+                if *frozen > 0 {
+                    *frozen -= 1;
+                    spans.push(1);
+                    true
+                } else if let Some(i) = pair_to_merge(spans.iter().copied()) {
+                    let merged = spans[i] + spans[i + 1];
+                    spans.splice(i..i + 2, [merged]);
+                    true
+                } else {
+                    false
+                }
+            };
+            for freeze in steps {
+                if freeze {
+                    frozen += 1;
+                    total += 1;
+                } else {
+                    compactor_step(&mut spans, &mut frozen);
+                }
+            }
+            while compactor_step(&mut spans, &mut frozen) {}
+            proptest::prop_assert_eq!(spans.iter().sum::<u64>(), total);
+            for w in spans.windows(2) {
+                proptest::prop_assert!(w[0] >= 2 * w[1], "{:?}", spans);
+            }
+            let bound = if total == 0 { 0 } else { u64::from(total.ilog2()) + 1 };
+            proptest::prop_assert!(spans.len() as u64 <= bound, "{:?}", spans);
+        }
     }
 
     #[test]
