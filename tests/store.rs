@@ -1159,6 +1159,60 @@ fn batches_in_flight_are_bounded_while_syncs_stall() {
 }
 
 #[test]
+fn a_group_commit_takes_at_most_its_bound_of_entries_and_bytes() {
+    use auditlog::engine::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    // Nine one-entry batches fill the pipeline while no sync completes
+    // (see the test above); everything submitted after them queues.
+    let mut first = Vec::new();
+    for i in 0..9 {
+        first.push(append_in_background(
+            &engine,
+            vec![input("order:1", &format!("p{i}"))],
+        ));
+        store.wait_writes(i + 1);
+    }
+    let queued = 3 * MAX_BATCH_ENTRIES;
+    let mut receivers: Vec<_> = (0..queued)
+        .map(|i| {
+            engine
+                .submit("orders", vec![input("order:2", &format!("q{i}"))])
+                .unwrap()
+        })
+        .collect();
+    // Then four requests of one entry whose payload is over half the
+    // bound of bytes: a batch takes requests until it reaches a bound, so
+    // two of them make a batch.
+    let big = MAX_BATCH_BYTES / 2 + 1;
+    for _ in 0..4 {
+        let mut e = input("order:3", "");
+        e.payload = vec![7; big];
+        receivers.push(engine.submit("orders", vec![e]).unwrap());
+    }
+    store.open_gate(true);
+    for w in first {
+        w.join().unwrap().unwrap();
+    }
+    for r in receivers {
+        r.blocking_recv().unwrap().unwrap();
+    }
+    let total = 9 + queued as u64 + 4;
+    assert_eq!(engine.tree_size("orders"), total);
+    // One checkpoint per batch: the sizes they were signed at.
+    let sizes: Vec<u64> = (1..=total)
+        .filter(|&n| store.inner().checkpoint_at("orders", n).unwrap().is_some())
+        .collect();
+    let m = MAX_BATCH_ENTRIES as u64;
+    let mut expected: Vec<u64> = (1..=9).collect();
+    expected.extend([9 + m, 9 + 2 * m, 9 + 3 * m]);
+    expected.extend([total - 2, total]);
+    assert_eq!(sizes, expected);
+    engine.shutdown();
+    assert_verifies(dir.path());
+}
+
+#[test]
 fn one_sync_covers_every_batch_written_while_the_last_sync_ran() {
     let dir = tempfile::tempdir().unwrap();
     let (store, engine) = gated(dir.path());

@@ -222,13 +222,19 @@ pub struct Engine {
 /// The key every worker signs with; replaced whole by a key rotation.
 pub(crate) type SignerSlot = Arc<RwLock<Arc<SignerKey>>>;
 
-/// Most entries gathered into one group commit.
-const MAX_BATCH_ENTRIES: usize = 8192;
+/// Entries at which a group commit stops taking requests (it may pass it by
+/// the last request's entries). Bigger is not better:
+/// with many requests queued (two streams of 256-entry requests), batches
+/// of up to 8,192 entries wrote 10 MB at a time, and the server spent 16-17
+/// us of CPU per entry against 10-12 us at 1,024 (the batch's buffers no
+/// longer stay in cache), for 0.6x the throughput and 4x the latency.
+pub const MAX_BATCH_ENTRIES: usize = 1024;
 /// Batches from this size build their receipts' proofs while the store
 /// writes and syncs.
 const OVERLAP_PROOFS_FROM: usize = 32;
-/// Most payload bytes gathered into one group commit.
-const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Payload bytes at which a group commit stops taking requests (it may pass
+/// it by the last request's), for the same reason.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 impl Engine {
     /// Opens every configured log (recovering it) and starts its thread.
@@ -802,8 +808,9 @@ fn command_keys(cmds: &[Command]) -> Vec<&str> {
     .collect()
 }
 
-/// What a group commit has taken so far, against its bounds
-/// ([`MAX_BATCH_ENTRIES`], [`MAX_BATCH_BYTES`]).
+/// What a group commit has taken so far, first command included, against
+/// its bounds ([`MAX_BATCH_ENTRIES`], [`MAX_BATCH_BYTES`]): it takes queued
+/// commands until it reaches one.
 #[derive(Default)]
 struct BatchRoom {
     entries: usize,
@@ -811,17 +818,20 @@ struct BatchRoom {
 }
 
 impl BatchRoom {
+    /// Takes `cmd` into `cmds`, counting what it holds.
+    fn push(&mut self, cmd: Command, cmds: &mut Vec<Command>) {
+        if let Command::Append { entries, .. } = &cmd {
+            self.entries += entries.len();
+            self.bytes += entries.iter().map(|e| e.input.payload.len()).sum::<usize>();
+        }
+        cmds.push(cmd);
+    }
+
     /// Moves the commands queued now into `cmds`, while there is room.
     fn take_queued(&mut self, rx: &mpsc::Receiver<Command>, cmds: &mut Vec<Command>) {
         while self.entries < MAX_BATCH_ENTRIES && self.bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(cmd) => {
-                    if let Command::Append { entries, .. } = &cmd {
-                        self.entries += entries.len();
-                        self.bytes += entries.iter().map(|e| e.input.payload.len()).sum::<usize>();
-                    }
-                    cmds.push(cmd);
-                }
+                Ok(cmd) => self.push(cmd, cmds),
                 Err(_) => break,
             }
         }
@@ -942,8 +952,9 @@ impl Worker {
             };
             self.close_windows();
             // Group commit: take everything queued behind the first command.
-            let mut cmds = vec![first];
+            let mut cmds = Vec::new();
             let mut room = BatchRoom::default();
+            room.push(first, &mut cmds);
             room.take_queued(&rx, &mut cmds);
             // On a shared store, take the log's head lock (looking up the
             // batch's idempotency keys with it): whatever arrives while
