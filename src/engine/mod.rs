@@ -225,9 +225,10 @@ pub(crate) type SignerSlot = Arc<RwLock<Arc<SignerKey>>>;
 /// Entries at which a group commit stops taking requests (it may pass it by
 /// the last request's entries). Bigger is not better:
 /// with many requests queued (two streams of 256-entry requests), batches
-/// of up to 8,192 entries wrote 10 MB at a time, and the server spent 16-17
-/// us of CPU per entry against 10-12 us at 1,024 (the batch's buffers no
-/// longer stay in cache), for 0.6x the throughput and 4x the latency.
+/// of up to 8,192 entries wrote 10 MB at a time, and the server spent 14-19
+/// us of CPU per entry against 11-13 us at 1,024 (the batch's buffers no
+/// longer stay in cache), for 0.55-0.75x the throughput and 2-5x the p50
+/// latency (2026-12-03, alternated runs).
 pub const MAX_BATCH_ENTRIES: usize = 1024;
 /// Batches from this size build their receipts' proofs while the store
 /// writes and syncs.
