@@ -445,16 +445,23 @@ fn the_postgres_store_conforms() {
     }
 }
 
+/// A throwaway PostgreSQL for `test` (`None`: skipped) with one database
+/// `db`, and the maker of stores on it.
+fn pg_database(test: &str, db: &str) -> Option<(Pg, PgMaker)> {
+    let pg = Pg::start(test)?;
+    let url = pg.create_db(db);
+    Some((pg, PgMaker(url)))
+}
+
 /// Two engines (as two servers would) on one database, appending
 /// concurrently, with the same idempotency keys sent to both and seals from
 /// both: one chain, dense seqs, every receipt proven, every key once.
 #[test]
 fn two_engines_on_one_database_share_one_chain() {
-    let Some(pg) = Pg::start("two_engines_on_one_database_share_one_chain") else {
+    let Some((_pg, m)) = pg_database("two_engines_on_one_database_share_one_chain", "shared")
+    else {
         return;
     };
-    let url = pg.create_db("shared");
-    let m = PgMaker(url);
     let clock = ManualClock::at(1_000);
     let engines: Vec<Arc<Engine>> = (0..2)
         .map(|_| Arc::new(start(m.open(), vec![orders()], clock.clone())))
@@ -528,11 +535,12 @@ fn two_engines_on_one_database_share_one_chain() {
 /// succeed.
 #[test]
 fn a_failed_write_commits_nothing_of_its_batch() {
-    let Some(pg) = Pg::start("a_failed_write_commits_nothing_of_its_batch") else {
+    let Some((pg, m)) = pg_database(
+        "a_failed_write_commits_nothing_of_its_batch",
+        "failed_write",
+    ) else {
         return;
     };
-    let url = pg.create_db("failed_write");
-    let m = PgMaker(url);
     let clock = ManualClock::at(1_000);
     let engine = start(m.open(), vec![orders()], clock.clone());
     let first = engine
@@ -580,15 +588,10 @@ fn a_failed_write_commits_nothing_of_its_batch() {
 #[test]
 fn keys_looked_up_with_the_lock_see_what_committed_while_it_was_awaited() {
     let db = "keys_after_lock";
-    let Some(pg) = Pg::start(db) else {
+    let Some((pg, m)) = pg_database(db, db) else {
         return;
     };
-    let url = pg.create_db(db);
-    let engine = start(
-        PgMaker(url.clone()).open(),
-        vec![orders()],
-        ManualClock::at(1_000),
-    );
+    let engine = start(m.open(), vec![orders()], ManualClock::at(1_000));
     engine
         .append_blocking("orders", vec![keyed("order:1", "first", "k-1")])
         .unwrap();
@@ -598,7 +601,7 @@ fn keys_looked_up_with_the_lock_see_what_committed_while_it_was_awaited() {
         db,
         "UPDATE auditlog_entries SET log = 'parked' WHERE log = 'orders'",
     );
-    let store = PgStore::connect(&url).unwrap();
+    let store = PgStore::connect(&m.0).unwrap();
     let spec = auditlog::store::LogSpec {
         name: "orders".into(),
         origin: ORIGIN.into(),

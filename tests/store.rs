@@ -1127,6 +1127,26 @@ fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
     assert_verifies(dir.path());
 }
 
+/// Batches written before a log thread whose syncs stall stops writing:
+/// 8 handed over to the syncer and a ninth written.
+const FULL_PIPELINE: u64 = 9;
+
+/// Fills the pipeline of an engine over a closed gate with one-entry
+/// requests, each its own batch, waiting for each write: the log thread
+/// then waits, and whatever is submitted next queues.
+fn fill_pipeline(
+    store: &Hooked,
+    engine: &Arc<auditlog::engine::Engine>,
+) -> Vec<thread::JoinHandle<Result<AppendOutcome, AppendError>>> {
+    (0..FULL_PIPELINE)
+        .map(|i| {
+            let w = append_in_background(engine, vec![input("order:1", &format!("p{i}"))]);
+            store.wait_writes(i + 1);
+            w
+        })
+        .collect()
+}
+
 #[test]
 fn batches_in_flight_are_bounded_while_syncs_stall() {
     let dir = tempfile::tempdir().unwrap();
@@ -1134,18 +1154,18 @@ fn batches_in_flight_are_bounded_while_syncs_stall() {
     // One request at a time, each its own batch, while no sync completes:
     // the log thread stops writing once 8 batches are handed over and a
     // ninth is written (memory held by unanswered batches is bounded).
-    let mut waiting = Vec::new();
-    for i in 0..20 {
+    let mut waiting = fill_pipeline(&store, &engine);
+    for i in FULL_PIPELINE..20 {
         waiting.push(append_in_background(
             &engine,
             vec![input("order:1", &format!("p{i}"))],
         ));
-        if i < 9 {
-            store.wait_writes(i + 1);
-        }
     }
     thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), 9);
+    assert_eq!(
+        store.writes.load(std::sync::atomic::Ordering::SeqCst),
+        FULL_PIPELINE
+    );
     assert!(waiting.iter().all(|w| !w.is_finished()));
     store.open_gate(true);
     let mut seqs: Vec<u64> = waiting
@@ -1163,16 +1183,8 @@ fn a_group_commit_takes_at_most_its_bound_of_entries_and_bytes() {
     use auditlog::engine::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
     let dir = tempfile::tempdir().unwrap();
     let (store, engine) = gated(dir.path());
-    // Nine one-entry batches fill the pipeline while no sync completes
-    // (see the test above); everything submitted after them queues.
-    let mut first = Vec::new();
-    for i in 0..9 {
-        first.push(append_in_background(
-            &engine,
-            vec![input("order:1", &format!("p{i}"))],
-        ));
-        store.wait_writes(i + 1);
-    }
+    // Everything submitted once the pipeline is full queues.
+    let first = fill_pipeline(&store, &engine);
     let queued = 3 * MAX_BATCH_ENTRIES;
     let mut receivers: Vec<_> = (0..queued)
         .map(|i| {
@@ -1197,15 +1209,16 @@ fn a_group_commit_takes_at_most_its_bound_of_entries_and_bytes() {
     for r in receivers {
         r.blocking_recv().unwrap().unwrap();
     }
-    let total = 9 + queued as u64 + 4;
+    let f = FULL_PIPELINE;
+    let total = f + queued as u64 + 4;
     assert_eq!(engine.tree_size("orders"), total);
     // One checkpoint per batch: the sizes they were signed at.
     let sizes: Vec<u64> = (1..=total)
         .filter(|&n| store.inner().checkpoint_at("orders", n).unwrap().is_some())
         .collect();
     let m = MAX_BATCH_ENTRIES as u64;
-    let mut expected: Vec<u64> = (1..=9).collect();
-    expected.extend([9 + m, 9 + 2 * m, 9 + 3 * m]);
+    let mut expected: Vec<u64> = (1..=f).collect();
+    expected.extend([f + m, f + 2 * m, f + 3 * m]);
     expected.extend([total - 2, total]);
     assert_eq!(sizes, expected);
     engine.shutdown();

@@ -1379,56 +1379,58 @@ impl Worker {
         batch.checkpoint = signed.clone();
         let store = &self.store;
         let started = std::time::Instant::now();
-        let (written, proofs) = if let Some(l) = lock {
+        let (written, proofs) = match lock {
             // Proofs do not depend on durability: build them while the
             // store writes and syncs, and send them only once it has.
             // (A thread per batch costs tens of microseconds: only worth it
             // when the proofs take longer than that.)
-            if batch.entries.len() >= OVERLAP_PROOFS_FROM {
-                std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| l.append(&batch));
-                    let proofs = prove(seqs_at(batch.first_seq), cp.size, &new_nodes);
-                    let written = writer.join().unwrap_or_else(|_| {
-                        Err(StoreError::Index(
-                            "the store panicked while appending".into(),
-                        ))
-                    });
-                    (written, proofs)
-                })
-            } else {
-                let written = l.append(&batch);
+            Some(l) if batch.entries.len() >= OVERLAP_PROOFS_FROM => std::thread::scope(|scope| {
+                let writer = scope.spawn(|| l.append(&batch));
+                let proofs = prove(seqs_at(batch.first_seq), cp.size, &new_nodes);
+                let written = writer.join().unwrap_or_else(|_| {
+                    Err(StoreError::Index(
+                        "the store panicked while appending".into(),
+                    ))
+                });
+                (written, proofs)
+            }),
+            lock => {
+                let written = match lock {
+                    Some(l) => l.append(&batch),
+                    None => match store.write_unsynced(&log, &batch) {
+                        Ok(Some(point)) if self.start_syncer() => {
+                            // The syncer starts the sync now; the proofs,
+                            // built meanwhile, follow through the slot, and
+                            // the receipts go out once both are done.
+                            let seqs = seqs_at(batch.first_seq);
+                            let (proofs_tx, proofs_slot) = mpsc::sync_channel(1);
+                            let size = cp.size;
+                            self.hand_over(
+                                batch,
+                                point,
+                                pending,
+                                proofs_slot,
+                                signed,
+                                next,
+                                started,
+                            );
+                            let proofs = prove(seqs, size, &new_nodes)
+                                .map_err(|e| format!("building proofs: {e}"));
+                            // (Gone only if the syncer failed the batch already.)
+                            let _ = proofs_tx.send(proofs);
+                            self.seal_if_full();
+                            return;
+                        }
+                        // A store that pipelines, but no syncer thread: sync here.
+                        Ok(Some(point)) => self.store.publish(&log, &batch, point.sync()),
+                        // Durable already (the store does not pipeline), or failed.
+                        written => written.map(|_| ()),
+                    },
+                };
                 (
                     written,
                     prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
                 )
-            }
-        } else {
-            match store.write_unsynced(&log, &batch) {
-                Ok(Some(point)) if self.start_syncer() => {
-                    // The syncer starts the sync now; the proofs, built
-                    // meanwhile, follow through the slot, and the receipts
-                    // go out once both are done.
-                    let seqs = seqs_at(batch.first_seq);
-                    let (proofs_tx, proofs_slot) = mpsc::sync_channel(1);
-                    let size = cp.size;
-                    self.hand_over(batch, point, pending, proofs_slot, signed, next, started);
-                    let proofs =
-                        prove(seqs, size, &new_nodes).map_err(|e| format!("building proofs: {e}"));
-                    // (Gone only if the syncer failed the batch already.)
-                    let _ = proofs_tx.send(proofs);
-                    self.seal_if_full();
-                    return;
-                }
-                // A store that pipelines, but no syncer thread: sync here.
-                Ok(Some(point)) => (
-                    self.store.publish(&log, &batch, point.sync()),
-                    prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
-                ),
-                // Durable already (the store does not pipeline), or failed.
-                written => (
-                    written.map(|_| ()),
-                    prove(seqs_at(batch.first_seq), cp.size, &new_nodes),
-                ),
             }
         };
         if let Err(e) = written {
