@@ -640,3 +640,138 @@ fn keys_looked_up_with_the_lock_see_what_committed_while_it_was_awaited() {
         holder.join().unwrap();
     });
 }
+
+/// A server that wrote a log's head last (several batches in a row under
+/// the lock that found the head where it left it) sends its batches
+/// without the lock and without looking its keys up first. Attacks: another
+/// server appends meanwhile (the pipelined batch starts at a head that
+/// moved), and a request reuses a key already in the log (the look-up it
+/// skipped would have found it). Each time the database refuses the batch
+/// whole, the requests are planned again under the lock, and the callers
+/// get receipts, not errors: one chain, dense seqs, each key once.
+#[test]
+fn a_refused_pipelined_batch_is_planned_again_under_the_lock() {
+    let db = "pipelined_refused";
+    let Some((pg, m)) = pg_database(db, db) else {
+        return;
+    };
+    let clock = ManualClock::at(1_000);
+    let a_store = Arc::new(PgStore::connect(&m.0).unwrap());
+    let a = start(a_store.clone(), vec![orders()], clock.clone());
+    let b = start(m.open(), vec![orders()], clock.clone());
+    let append = |e: &Engine, key: &str| {
+        e.append_blocking("orders", vec![keyed("order:1", &format!("p-{key}"), key)])
+            .unwrap()
+    };
+    for i in 0..8 {
+        assert_eq!(append(&a, &format!("a-{i}")).receipts[0].seq, i);
+    }
+    let sent = a_store.pipelined();
+    assert!(
+        sent >= 2,
+        "A never pipelined ({sent} batches without the lock)"
+    );
+
+    // B appends: A's next pipelined batch starts at a head that moved.
+    assert_eq!(append(&b, "b-0").receipts[0].seq, 8);
+    let moved = append(&a, "a-8");
+    check_receipts(&moved, ORIGIN);
+    assert_eq!(moved.receipts[0].seq, 9);
+    assert!(!moved.receipts[0].duplicate);
+
+    // Trusted again after enough quiet batches, A gets a key it appended
+    // at seq 2: the unique index refuses the pipelined batch, and the
+    // look-up under the lock answers with the original receipt.
+    for i in 9..16 {
+        append(&a, &format!("a-{i}"));
+    }
+    let before = a_store.pipelined();
+    let again = a
+        .append_blocking("orders", vec![keyed("order:1", "p-a-2", "a-2")])
+        .unwrap();
+    assert!(
+        a_store.pipelined() > before,
+        "the reused key was not pipelined"
+    );
+    assert!(again.receipts[0].duplicate);
+    assert_eq!(again.receipts[0].seq, 2);
+    check_receipts(&again, ORIGIN);
+    let fresh = append(&a, "a-16");
+    assert_eq!(fresh.receipts[0].seq, 17);
+
+    // Trusted again, A's head is sealed by B: the size stays, the segment
+    // moves. A's next pipelined batch must not land in the sealed segment.
+    for i in 17..24 {
+        append(&a, &format!("a-{i}"));
+    }
+    let sealed = b
+        .seal_blocking("orders", SealReason::Request)
+        .unwrap()
+        .unwrap();
+    assert_eq!(sealed.seal.end_seq, 25);
+    let before = a_store.pipelined();
+    assert_eq!(append(&a, "a-24").receipts[0].seq, 25);
+    assert!(
+        a_store.pipelined() > before,
+        "the append after the seal was not pipelined"
+    );
+
+    a.shutdown();
+    b.shutdown();
+    drop((a, b));
+    let count = |sql: &str| pg.psql(db, sql).trim().to_owned();
+    assert_eq!(
+        count("SELECT count(*) FROM auditlog_entries WHERE log = 'orders'"),
+        "26"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT idempotency_key) FROM auditlog_entries WHERE log = 'orders'"),
+        "26"
+    );
+    assert_eq!(
+        count("SELECT size FROM auditlog_logs WHERE name = 'orders'"),
+        "26"
+    );
+    assert_eq!(
+        count("SELECT segment FROM auditlog_entries WHERE log = 'orders' AND seq = 25"),
+        (sealed.seal.segment + 1).to_string()
+    );
+    let report = m.verify();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}
+
+/// Each log that pipelines holds a pooled connection of its own; with more
+/// such logs than the pool has connections, the others go under the lock
+/// and the pool stays for everything else. Attack: 40 logs on one server
+/// (a pool of 32), every one of them trusted, then reads and appends on
+/// all of them: each answers (none waits for a connection that never
+/// comes back).
+#[test]
+fn more_pipelining_logs_than_pooled_connections_all_answer() {
+    let db = "many_logs";
+    let Some((_pg, m)) = pg_database(db, db) else {
+        return;
+    };
+    let logs: Vec<LogConfig> = (0..40)
+        .map(|i| LogConfig::new(&format!("l{i:02}"), &format!("audit.example.com/l{i:02}")))
+        .collect();
+    let store = Arc::new(PgStore::connect(&m.0).unwrap());
+    let engine = start(store.clone(), logs.clone(), ManualClock::at(1_000));
+    for round in 0..8 {
+        for l in &logs {
+            let out = engine
+                .append_blocking(&l.name, vec![input("order:1", &format!("{round}"))])
+                .unwrap();
+            assert_eq!(out.receipts[0].seq, round);
+        }
+    }
+    assert!(store.pipelined() > 0);
+    for l in &logs {
+        let (stored, _, _) = engine.entry(&l.name, 7, 0).unwrap();
+        assert_eq!(stored.payload, b"7");
+    }
+    engine.shutdown();
+    drop(engine);
+    let report = m.verify();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}

@@ -91,6 +91,16 @@ fn migrations_go_forward_from_every_earlier_version() {
         );
     }
 
+    // An idempotency key is used once per log, enforced by the database
+    // (version 3).
+    assert!(
+        fresh.contains(
+            "CREATE UNIQUE INDEX auditlog_entries_key ON public.auditlog_entries \
+             USING btree (log, idempotency_key) WHERE (idempotency_key IS NOT NULL)"
+        ),
+        "{fresh}"
+    );
+
     // From every earlier version (0 = an empty database) to the latest:
     // the same schema as a fresh one.
     for from in 0..SCHEMA_VERSION {

@@ -298,6 +298,8 @@ impl Engine {
                 syncer: None,
                 in_flight: VecDeque::new(),
                 key_hasher: std::hash::RandomState::new(),
+                quiet: 0,
+                retry: Vec::new(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("seq-{}", config.name))
@@ -852,6 +854,10 @@ enum Slot {
 struct Pending {
     slots: Vec<Slot>,
     reply: Reply,
+    /// The request's entries as asked, kept when its batch goes to a shared
+    /// store without the head lock: if the store refuses the batch for a
+    /// conflict, the request is planned again (see [`Worker::drain`]).
+    retry: Option<Vec<PreparedEntry>>,
 }
 
 struct Worker {
@@ -883,7 +889,22 @@ struct Worker {
     /// end seq and the hashes (by `key_hasher`) of their idempotency keys.
     in_flight: VecDeque<(u64, HashSet<u64>)>,
     key_hasher: std::hash::RandomState,
+    /// On a shared store: batches in a row whose head lock found the head
+    /// where this process had left it (no other process appends).
+    quiet: u32,
+    /// Requests of pipelined batches a shared store refused for a
+    /// conflict, to be planned again (under the lock) before anything else.
+    retry: Vec<Request>,
 }
+
+/// Quiet batches under the head lock before a log's batches are pipelined
+/// on a shared store (see [`Worker::trusts_head`]).
+const TRUST_AFTER: u32 = 4;
+
+/// While pipelined batches are in flight on a shared store, how often the
+/// log thread looks whether one was refused (its requests are planned
+/// again at once, not when the next request arrives).
+const REFUSAL_POLL: Duration = Duration::from_millis(1);
 
 /// How long a failed timed seal waits before it is tried again.
 const TIMER_RETRY: Duration = Duration::from_secs(1);
@@ -924,6 +945,11 @@ impl Worker {
             // Windows that ended while the log was idle (or down) are sealed
             // before anything else: an empty window still gets its seal.
             self.close_windows();
+            if !self.retry.is_empty() {
+                let retry = std::mem::take(&mut self.retry);
+                self.append_batch(retry, None);
+                continue;
+            }
             let deadline = match (self.age_deadline(), self.window_deadline()) {
                 (Some(a), Some(w)) => Some(a.min(w)),
                 (a, w) => a.or(w),
@@ -932,6 +958,22 @@ impl Worker {
                 Some(at) => d.max(at.saturating_duration_since(std::time::Instant::now())),
                 None => d,
             });
+            // Batches in flight first, then failures: a batch that fails
+            // after the first look is still in flight at it.
+            let in_flight = self.syncer.as_ref().map_or(0, pipeline::Syncer::in_flight);
+            if self.syncer.as_ref().is_some_and(pipeline::Syncer::failed) {
+                self.drain();
+                if !self.retry.is_empty() {
+                    continue;
+                }
+            }
+            let awaits_refusals = self.store.shared() && in_flight > 0;
+            let due = deadline.map(|d| std::time::Instant::now() + d);
+            let deadline = if awaits_refusals {
+                Some(deadline.map_or(REFUSAL_POLL, |d| d.min(REFUSAL_POLL)))
+            } else {
+                deadline
+            };
             let first = match deadline {
                 Some(wait) => rx.recv_timeout(wait),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -939,6 +981,14 @@ impl Worker {
             let first = match first {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => {
+                    if awaits_refusals {
+                        if self.syncer.as_ref().is_some_and(pipeline::Syncer::failed) {
+                            self.drain();
+                        }
+                        if due.is_none_or(|t| std::time::Instant::now() < t) {
+                            continue;
+                        }
+                    }
                     let mut ok = self.close_windows();
                     if self.age_deadline().is_some_and(|d| d.is_zero()) {
                         ok &= self.seal(SealReason::Age).is_ok();
@@ -948,6 +998,12 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.drain();
+                    // Refused requests are answered before the thread ends.
+                    while !self.retry.is_empty() {
+                        let retry = std::mem::take(&mut self.retry);
+                        self.append_batch(retry, None);
+                        self.drain();
+                    }
                     return;
                 }
             };
@@ -962,7 +1018,7 @@ impl Worker {
             // another process holds it joins this batch.
             let store = self.store.clone();
             let mut lock = match &cmds[0] {
-                Command::Append { .. } if store.shared() => {
+                Command::Append { .. } if store.shared() && !self.trusts_head() => {
                     let keys = command_keys(&cmds);
                     store.lock_head(&self.config.name, &keys).ok().flatten()
                 }
@@ -1141,7 +1197,12 @@ impl Worker {
             .into_iter()
             .filter(|k| !looked_up.is_some_and(|l| l.contains_key(*k)))
             .collect();
-        let known = if wanted.is_empty() {
+        // Without the lock, on a shared store this process wrote last, keys
+        // are not looked up: the database refuses a key used before (its
+        // unique index), and the requests are planned again, under the
+        // lock, with the look-ups (see `Worker::drain`).
+        let trusted = looked_up.is_none() && self.trusts_head();
+        let known = if wanted.is_empty() || trusted {
             Ok(known)
         } else {
             self.store
@@ -1153,6 +1214,7 @@ impl Worker {
                 .map_err(|e| AppendError::Unavailable(e.to_string()))
         };
         'requests: for (entries, reply) in requests {
+            let retry = trusted.then(|| entries.clone());
             let mut slots = Vec::with_capacity(entries.len());
             let mut staged: Vec<PreparedEntry> = Vec::new();
             let mut staged_keys: HashMap<String, usize> = HashMap::new();
@@ -1208,7 +1270,11 @@ impl Worker {
                 keys.insert(k, fresh.len() + j);
             }
             fresh.extend(staged);
-            pending.push(Pending { slots, reply });
+            pending.push(Pending {
+                slots,
+                reply,
+                retry,
+            });
         }
         (fresh, pending)
     }
@@ -1241,6 +1307,7 @@ impl Worker {
         let store = self.store.clone();
         let acquired = match lock {
             Some(l) => Ok(Some(l)),
+            None if self.trusts_head() => Ok(None),
             None => store.lock_head(&self.config.name, &request_keys(&requests)),
         };
         let lock = match acquired {
@@ -1253,11 +1320,23 @@ impl Worker {
             }
         };
         if let Some(l) = &lock {
-            if !self.sequencer.is_at(l.head()) {
+            if self.sequencer.is_at(l.head()) {
+                self.quiet = self.quiet.saturating_add(1);
+            } else {
+                self.quiet = 0;
                 self.adopt_head(l.head());
             }
         }
         self.write_batch(requests, lock);
+    }
+
+    /// On a shared store, whether this log's batches go without the head
+    /// lock, pipelined as on the embedded store: once the lock found the
+    /// head where this process left it `trust_after` batches in a row. The
+    /// store still refuses a batch if the head moved (the batch and every
+    /// one in flight behind it fail, and the lock is taken again).
+    fn trusts_head(&self) -> bool {
+        self.store.shared() && self.quiet >= TRUST_AFTER
     }
 
     /// Reads the log's durable head from the store again (another process
@@ -1290,6 +1369,14 @@ impl Worker {
         let pipelined = lock.is_none();
         if pipelined {
             self.settle_in_flight(&requests);
+            if self.store.shared() && !self.trusts_head() {
+                // A pipelined batch was refused meanwhile: under the lock,
+                // its requests first.
+                let mut all = std::mem::take(&mut self.retry);
+                all.extend(requests);
+                self.append_batch(all, None);
+                return;
+            }
         }
         let (fresh, pending) = self.plan(requests, lock.as_deref().map(|l| l.keys()));
         if pending.is_empty() {
@@ -1435,6 +1522,19 @@ impl Worker {
         };
         if let Err(e) = written {
             let message = e.to_string();
+            self.quiet = 0;
+            if matches!(e, StoreError::Conflict { .. }) {
+                // Refused whole (nothing kept): planned again, under the lock.
+                let mut refused = Vec::new();
+                for p in pending {
+                    match p.retry {
+                        Some(entries) => self.retry.push((entries, p.reply)),
+                        None => refused.push(p),
+                    }
+                }
+                fail_all(refused, &message);
+                return;
+            }
             self.failures.failed(&log, &message);
             fail_all(pending, &message);
             return;
@@ -1563,9 +1663,13 @@ impl Worker {
     /// continues from the state before the first batch that failed.
     fn drain(&mut self) {
         if let Some(syncer) = &mut self.syncer {
-            if let Some((sequencer, checkpoint)) = syncer.drain() {
+            if let Some(((sequencer, checkpoint), retry)) = syncer.drain() {
                 self.sequencer = sequencer;
                 self.checkpoint = checkpoint;
+                // Another process moved the head or used a key after all
+                // (or the database failed): back to the lock.
+                self.quiet = 0;
+                self.retry.extend(retry);
             }
         }
         self.in_flight.clear();

@@ -33,17 +33,17 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::core::hash::Hash;
-use crate::store::{Batch, Store, SyncPoint};
+use crate::store::{Batch, Store, StoreError, SyncPoint};
 
 use super::sequencer::Sequencer;
-use super::{answer_batch, count_batch, fail_all, FailureLog, LogView, Pending};
-
-/// Jobs in flight before the log thread waits for the syncer: bounds the
-/// memory held by written but unanswered batches.
-const MAX_IN_FLIGHT: u64 = 8;
+use super::{answer_batch, count_batch, fail_all, FailureLog, LogView, Pending, Request};
 
 /// Where a job's proofs arrive (see [`Job::proofs`]).
 pub(super) type ProofSlot = mpsc::Receiver<Result<Vec<Vec<Hash>>, String>>;
+
+/// The log thread's state between batches: its sequencer and latest
+/// signed checkpoint.
+pub(super) type LogState = (Sequencer, Option<String>);
 
 /// A written batch on its way to its answers.
 pub(super) struct Job {
@@ -58,7 +58,7 @@ pub(super) struct Job {
     /// The batch's signed checkpoint.
     pub checkpoint: String,
     /// The log thread's state before the batch (restored if it fails).
-    pub before: (Sequencer, Option<String>),
+    pub before: LogState,
     /// When the write started.
     pub started: Instant,
 }
@@ -70,7 +70,10 @@ struct Progress {
     /// Entries published (the log's durable size, once known).
     published_end: u64,
     /// The state before the first failed job, until the log thread takes it.
-    failed: Option<(Sequencer, Option<String>)>,
+    failed: Option<LogState>,
+    /// Requests of jobs the store refused whole for a conflict
+    /// ([`StoreError::Conflict`]), to be planned again, oldest first.
+    retry: Vec<Request>,
 }
 
 /// Handle of a log's syncer thread, owned by the log thread.
@@ -79,6 +82,10 @@ pub(super) struct Syncer {
     thread: Option<JoinHandle<()>>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
     sent: u64,
+    /// Jobs in flight before the log thread waits for the syncer (the
+    /// store's [`Store::max_unpublished`]): bounds the memory held by
+    /// written but unanswered batches.
+    max_in_flight: u64,
 }
 
 /// What the syncer thread needs of the log.
@@ -104,6 +111,7 @@ impl Syncer {
             Condvar::new(),
         ));
         let p = progress.clone();
+        let max_in_flight = target.store.max_unpublished().max(1);
         let thread = std::thread::Builder::new()
             .name(format!("sync-{}", target.log))
             .spawn(move || run(target, rx, p))?;
@@ -112,13 +120,15 @@ impl Syncer {
             thread: Some(thread),
             progress,
             sent: 0,
+            max_in_flight,
         })
     }
 
     /// Hands a written batch over; waits first while too many are in flight.
     /// A job the thread can no longer take is answered here, with an error.
     pub fn send(&mut self, job: Job) {
-        drop(self.wait_until(|p, sent| sent - p.done < MAX_IN_FLIGHT));
+        let max = self.max_in_flight;
+        drop(self.wait_until(|p, sent| sent - p.done < max));
         let tx = self.tx.as_ref().expect("taken only on drop");
         match tx.send(job) {
             Ok(()) => self.sent += 1,
@@ -129,6 +139,11 @@ impl Syncer {
     /// Entries published so far (everything below is durable and indexed).
     pub fn published_end(&self) -> u64 {
         self.progress.0.lock().expect("progress lock").published_end
+    }
+
+    /// Jobs sent and not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.sent - self.progress.0.lock().expect("progress lock").done
     }
 
     /// True when a job failed since the last [`Syncer::drain`].
@@ -143,13 +158,15 @@ impl Syncer {
 
     /// Waits until every job sent is answered. `Some(state)` when one
     /// failed: the log thread's state from before the first failed batch,
-    /// to continue from (the store refused the batches after it too).
-    pub fn drain(&mut self) -> Option<(Sequencer, Option<String>)> {
+    /// to continue from (the store refused the batches after it too), and
+    /// the requests to plan again.
+    pub fn drain(&mut self) -> Option<(LogState, Vec<Request>)> {
         if self.sent == 0 {
             return None;
         }
         let mut p = self.wait_until(|p, sent| p.done == sent);
-        p.failed.take()
+        let retry = std::mem::take(&mut p.retry);
+        p.failed.take().map(|state| (state, retry))
     }
 
     fn wait_until(
@@ -214,14 +231,26 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    progress
-                        .0
-                        .lock()
-                        .expect("progress lock")
-                        .failed
-                        .get_or_insert(job.before);
-                    failures.failed(&target.log, &message);
-                    fail_all(job.pending, &message);
+                    let conflict = matches!(e, StoreError::Conflict { .. });
+                    let mut p = progress.0.lock().expect("progress lock");
+                    p.failed.get_or_insert(job.before);
+                    // Nothing of a batch refused for a conflict was kept:
+                    // its requests go back to the log thread, to be planned
+                    // again under the head lock.
+                    let mut refused = Vec::new();
+                    for pending in job.pending {
+                        match pending.retry {
+                            Some(entries) if conflict => p.retry.push((entries, pending.reply)),
+                            _ => refused.push(pending),
+                        }
+                    }
+                    drop(p);
+                    if conflict {
+                        tracing::info!(log = %target.log, reason = %message, "pipelined batch refused; its requests are planned again");
+                    } else {
+                        failures.failed(&target.log, &message);
+                    }
+                    fail_all(refused, &message);
                 }
             }
             let (lock, cv) = &*progress;

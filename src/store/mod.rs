@@ -175,6 +175,17 @@ pub enum StoreError {
         /// Origin configured.
         configured: String,
     },
+    /// A shared store refused a batch written without the head lock as a
+    /// whole, keeping nothing of it: another process moved the log's head,
+    /// or used one of its idempotency keys, meanwhile. Its requests may be
+    /// planned again (under the lock).
+    #[error("log {log}: {reason}")]
+    Conflict {
+        /// Log name.
+        log: String,
+        /// What conflicted.
+        reason: String,
+    },
     /// Index database failure.
     #[error("index: {0}")]
     Index(String),
@@ -289,6 +300,16 @@ pub trait Store: Send + Sync + 'static {
     /// As [`Store::append`]; `first_seq` must follow the last batch written.
     fn write_unsynced(&self, log: &str, batch: &Batch) -> Result<Option<SyncPoint>, StoreError> {
         self.append(log, batch).map(|()| None)
+    }
+
+    /// Batches written by [`Store::write_unsynced`] and not yet published
+    /// before the engine waits to hand over more. Deep for a store whose
+    /// sync covers every batch written before it (one `fdatasync` for
+    /// many); 1 for a database that commits each batch on its own, where
+    /// requests are better gathered into the next batch than sent as
+    /// small ones queued behind the one committing.
+    fn max_unpublished(&self) -> u64 {
+        8
     }
 
     /// The second half of a pipelined append: makes the oldest batch

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -34,7 +34,7 @@ use tokio_postgres::NoTls;
 
 use super::{
     Batch, LogHead, LogSpec, OpenSegment, PayloadState, Removal, SegmentInfo, Store, StoreError,
-    StoredEntry,
+    StoredEntry, SyncPoint,
 };
 use crate::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
 use crate::core::hash::{Blake3, Hash};
@@ -42,10 +42,10 @@ use crate::core::merkle::{CompactRange, NodeId, NodeReadError};
 use crate::core::seal::Seal;
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Each migration takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r"
 CREATE TABLE auditlog_logs (
     name text PRIMARY KEY,
@@ -126,10 +126,33 @@ ALTER TABLE auditlog_nodes ALTER COLUMN log TYPE text COLLATE "C";
 ALTER TABLE auditlog_checkpoints ALTER COLUMN log TYPE text COLLATE "C";
 ALTER TABLE auditlog_segments ALTER COLUMN log TYPE text COLLATE "C";
 "#,
+    // Version 3: the database itself refuses a second entry with an
+    // idempotency key a log already used. A server that wrote the log's
+    // head last pipelines its batches without the head lock, so its key
+    // look-ups are not under the lock: two servers given the same key at
+    // the same moment could otherwise both append it. Now the second
+    // insert fails and its batch commits nothing (its requests are
+    // refused, and a retry finds the key). A database that holds such a
+    // pair already fails this migration, naming the key.
+    r"
+DROP INDEX auditlog_entries_key;
+CREATE UNIQUE INDEX auditlog_entries_key ON auditlog_entries (log, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+",
 ];
 
 /// Key of the advisory lock migrations hold ("auditlog" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6175_6469_746c_6f67;
+
+/// Connections of a server's pool.
+const POOL_SIZE: usize = 32;
+
+/// Longest wait for a pooled connection before the operation fails.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most logs that hold a pooled connection of their own to pipeline
+/// batches on (half the pool).
+const MAX_WRITER_CONNS: usize = POOL_SIZE / 2;
 
 /// Most tree nodes kept in memory (they never change once written).
 const NODE_CACHE: usize = 1 << 20;
@@ -142,6 +165,10 @@ pub struct PgStore {
     pool: Pool,
     origins: RwLock<HashMap<String, String>>,
     nodes: Mutex<HashMap<(String, NodeId), Hash>>,
+    /// Per log, what this process writes without the head lock.
+    writers: Mutex<HashMap<String, Writer>>,
+    /// Batches sent without the head lock (see [`PgStore::pipelined`]).
+    pipelined: std::sync::atomic::AtomicU64,
 }
 
 fn db(e: impl std::fmt::Display) -> StoreError {
@@ -312,7 +339,9 @@ impl PgStore {
         let pool = {
             let _guard = rt.enter();
             Pool::builder(manager)
-                .max_size(32)
+                .max_size(POOL_SIZE)
+                // A pool that stays empty is an error, not a hang.
+                .wait_timeout(Some(POOL_WAIT))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .build()
                 .map_err(db)?
@@ -322,6 +351,8 @@ impl PgStore {
             pool,
             origins: RwLock::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            pipelined: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -341,6 +372,23 @@ impl PgStore {
             });
         rx.recv()
             .map_err(|_| StoreError::Database("the PostgreSQL runtime stopped".into()))?
+    }
+
+    /// Batches this store sent without taking the head lock first (each
+    /// committed or refused whole), since it connected.
+    pub fn pipelined(&self) -> u64 {
+        self.pipelined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the head a write under the lock left (`None`: a seal, or a
+    /// failure: not trusted until the next such write).
+    fn wrote(&self, log: &str, head: Option<LogHead>) {
+        let mut writers = self.writers.lock().expect("writers lock");
+        let w = writers.entry(log.to_owned()).or_default();
+        if head.is_none() {
+            w.conn = None;
+        }
+        w.head = head;
     }
 
     fn known(&self, log: &str) -> Result<(), StoreError> {
@@ -507,124 +555,245 @@ fn seqs_of_rows(rows: Vec<tokio_postgres::Row>, keys: &[String]) -> HashMap<Stri
         .collect()
 }
 
+/// Inserts a batch's entries (`$1` the log, `$11` the segment).
+const INSERT_ENTRIES: &str = "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, \
+     payload_state, salt, payload, subject, actor, idempotency_key, timestamp_unix_nanos, \
+     segment) \
+     SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $11 \
+     FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
+     $7::text[], $8::text[], $9::text[], $10::bigint[], $12::smallint[]) \
+     AS t(s, enc, leaf, salt, payload, subject, actor, key, ts, st)";
+
+/// Inserts a batch's new tree nodes.
+const INSERT_NODES: &str = "INSERT INTO auditlog_nodes (log, level, index, hash) \
+     SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) AS t(l, i, h)";
+
+/// Inserts a batch's checkpoint.
+const INSERT_CHECKPOINT: &str =
+    "INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)";
+
+/// Moves the head row past a batch, under the lock already held.
+const UPDATE_HEAD: &str = "UPDATE auditlog_logs SET size = $2, prev_leaf = $3, \
+     last_timestamp = $4, frontier = $5, segment_frontier = $6, segment_first_timestamp = $7, \
+     latest_checkpoint = $8 WHERE name = $1";
+
+/// Writes a batch without the head lock, as one statement and so one
+/// transaction (sent alone, in autocommit): moves the head row past the
+/// batch only if the head is still the one the batch starts at (`$9` its
+/// size, `$10` its segment, `$11` its last leaf), else a division by zero
+/// fails the statement and nothing of it is kept; inserts the entries, the
+/// tree nodes and the checkpoint. Taking the row lock, the update waits for
+/// any other writer of the log to commit first and then looks at the head
+/// that writer left. Every change of a head row moves its size (appends)
+/// or its segment (seals), so the three columns name one head.
+const PIPELINED_BATCH: &str = "WITH moved AS (UPDATE auditlog_logs SET size = $2, \
+     prev_leaf = $3, last_timestamp = $4, frontier = $5, segment_frontier = $6, \
+     segment_first_timestamp = $7, latest_checkpoint = $8 \
+     WHERE name = $1 AND size = $9 AND segment = $10 AND prev_leaf = $11 RETURNING 1), \
+     e AS (INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, payload_state, salt, \
+     payload, subject, actor, idempotency_key, timestamp_unix_nanos, segment) \
+     SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $10 \
+     FROM unnest($12::bigint[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], \
+     $17::text[], $18::text[], $19::text[], $20::bigint[], $21::smallint[]) \
+     AS t(s, enc, leaf, salt, payload, subject, actor, key, ts, st)), \
+     n AS (INSERT INTO auditlog_nodes (log, level, index, hash) \
+     SELECT $1, l, i, h FROM unnest($22::smallint[], $23::bigint[], $24::bytea[]) AS t(l, i, h)), \
+     c AS (INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $8)) \
+     SELECT 1 / count(*) FROM moved";
+
+/// SQLSTATE of [`PIPELINED_BATCH`]'s refusal (division by zero).
+const HEAD_MOVED_STATE: &str = "22012";
+
+/// SQLSTATE of a unique index's refusal.
+const UNIQUE_VIOLATION_STATE: &str = "23505";
+
+/// The error of a batch's write (`head`: where it starts). A statement the
+/// database refused kept nothing (its transaction is rolled back); two
+/// refusals are conflicts with another writer, whose requests may be
+/// planned again: the head moved ([`PIPELINED_BATCH`]), or an entry reuses
+/// a key (or a seq) already in the log.
+fn refusal(log: &str, head: &LogHead, e: &tokio_postgres::Error) -> StoreError {
+    let conflict = |reason: String| StoreError::Conflict {
+        log: log.to_owned(),
+        reason,
+    };
+    match e.code().map(tokio_postgres::error::SqlState::code) {
+        Some(HEAD_MOVED_STATE) => conflict(format!(
+            "the head moved in another process (the batch starts at size {}, segment {})",
+            head.size, head.segment.index
+        )),
+        Some(UNIQUE_VIOLATION_STATE) => conflict(format!(
+            "a row of the batch is in the database already ({})",
+            e.as_db_error().map_or("", |d| d.message())
+        )),
+        _ => db(e),
+    }
+}
+
+/// The head `batch` leaves when written after `head`.
+///
+/// # Errors
+/// [`StoreError::HeadMoved`] when the batch does not start at `head`; a
+/// stored frontier that does not fit its size.
+fn head_after(log: &str, head: &LogHead, batch: &Batch) -> Result<LogHead, StoreError> {
+    if head.size != batch.first_seq {
+        return Err(StoreError::HeadMoved {
+            log: log.to_owned(),
+            expected: batch.first_seq,
+            actual: head.size,
+        });
+    }
+    let mut tree = CompactRange::<Blake3>::from_parts(head.size, head.frontier.clone())
+        .ok_or_else(|| StoreError::Database("stored frontier does not fit the size".into()))?;
+    let mut seg_tree = CompactRange::<Blake3>::from_parts(
+        head.size - head.segment.first_seq,
+        head.segment.frontier.clone(),
+    )
+    .ok_or_else(|| StoreError::Database("stored segment frontier does not fit the size".into()))?;
+    for e in &batch.entries {
+        tree.append(e.leaf_hash, |_, _| {});
+        seg_tree.append(e.leaf_hash, |_, _| {});
+    }
+    let mut next = head.clone();
+    if let Some(last) = batch.entries.last() {
+        next.size = batch.first_seq + batch.entries.len() as u64;
+        next.prev_leaf = last.leaf_hash;
+        next.last_timestamp = last.entry.timestamp_unix_nanos;
+        next.frontier = tree.hashes().to_vec();
+        next.segment.frontier = seg_tree.hashes().to_vec();
+        next.segment.first_timestamp = head
+            .segment
+            .first_timestamp
+            .or(Some(batch.entries[0].entry.timestamp_unix_nanos));
+        next.latest_checkpoint = Some(batch.checkpoint.clone());
+    }
+    Ok(next)
+}
+
+/// The column arrays of a batch's rows, as its INSERTs take them.
+struct Rows<'a> {
+    seqs: Vec<i64>,
+    encodings: Vec<&'a [u8]>,
+    leaves: Vec<&'a [u8]>,
+    salts: Vec<Option<&'a [u8]>>,
+    payloads: Vec<Option<&'a [u8]>>,
+    subjects: Vec<&'a str>,
+    actors: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+    times: Vec<i64>,
+    states: Vec<i16>,
+    segment: i64,
+    levels: Vec<i16>,
+    indexes: Vec<i64>,
+    hashes: Vec<&'a [u8]>,
+    end: i64,
+    /// The head row after the batch: prev leaf, frontier, segment frontier.
+    leaf: &'a [u8],
+    frontier: Vec<u8>,
+    seg_frontier: Vec<u8>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(batch: &'a Batch, head: &LogHead, next: &'a LogHead) -> Rows<'a> {
+        let n = batch.entries.len();
+        let mut r = Rows {
+            seqs: Vec::with_capacity(n),
+            encodings: Vec::with_capacity(n),
+            leaves: Vec::with_capacity(n),
+            salts: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            actors: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            segment: seq_i64(head.segment.index),
+            levels: batch
+                .nodes
+                .iter()
+                .map(|(id, _)| i16::from(id.level))
+                .collect(),
+            indexes: batch
+                .nodes
+                .iter()
+                .map(|(id, _)| seq_i64(id.index))
+                .collect(),
+            hashes: batch.nodes.iter().map(|(_, h)| h.0.as_slice()).collect(),
+            end: seq_i64(next.size),
+            leaf: next.prev_leaf.0.as_slice(),
+            frontier: bytes_of(&next.frontier),
+            seg_frontier: bytes_of(&next.segment.frontier),
+        };
+        for e in &batch.entries {
+            r.seqs.push(seq_i64(e.entry.seq));
+            r.encodings.push(e.encoding.as_slice());
+            r.leaves.push(e.leaf_hash.0.as_slice());
+            let present = e.state == PayloadState::Present;
+            r.salts.push(present.then_some(e.salt.0.as_slice()));
+            r.payloads.push(present.then_some(e.payload.as_slice()));
+            r.states.push(i16::from(e.state as u8));
+            r.subjects.push(e.entry.subject.as_str());
+            r.actors.push(e.entry.actor.as_str());
+            r.keys
+                .push(Some(e.entry.idempotency_key.as_str()).filter(|k| !k.is_empty()));
+            r.times.push(e.entry.timestamp_unix_nanos);
+        }
+        r
+    }
+}
+
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
 /// Writes `batch` on a connection inside a transaction that holds the
 /// log's head row (`head` as read under the lock), and with `commit`
-/// commits it.
+/// commits it. Returns the head it leaves.
 async fn write_batch<C: GenericClient + Sync>(
     tx: &C,
     log: &str,
     head: &LogHead,
     batch: &Batch,
     commit: bool,
-) -> Result<(), StoreError> {
-    let size = head.size;
-    if size != batch.first_seq {
-        return Err(StoreError::HeadMoved {
-            log: log.to_owned(),
-            expected: batch.first_seq,
-            actual: size,
-        });
-    }
-    let segment = seq_i64(head.segment.index);
-    let mut tree = CompactRange::<Blake3>::from_parts(size, head.frontier.clone())
-        .ok_or_else(|| StoreError::Database("stored frontier does not fit the size".into()))?;
-    let mut seg_tree = CompactRange::<Blake3>::from_parts(
-        size - head.segment.first_seq,
-        head.segment.frontier.clone(),
-    )
-    .ok_or_else(|| StoreError::Database("stored segment frontier does not fit the size".into()))?;
-    let n = batch.entries.len();
-    let mut seqs = Vec::with_capacity(n);
-    let mut encodings = Vec::with_capacity(n);
-    let mut leaves = Vec::with_capacity(n);
-    let mut salts: Vec<Option<&[u8]>> = Vec::with_capacity(n);
-    let mut payloads: Vec<Option<&[u8]>> = Vec::with_capacity(n);
-    let mut subjects = Vec::with_capacity(n);
-    let mut actors = Vec::with_capacity(n);
-    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut times = Vec::with_capacity(n);
-    let mut states: Vec<i16> = Vec::with_capacity(n);
-    for e in &batch.entries {
-        seqs.push(seq_i64(e.entry.seq));
-        encodings.push(e.encoding.as_slice());
-        leaves.push(e.leaf_hash.0.as_slice());
-        let present = e.state == PayloadState::Present;
-        salts.push(present.then_some(e.salt.0.as_slice()));
-        payloads.push(present.then_some(e.payload.as_slice()));
-        states.push(i16::from(e.state as u8));
-        subjects.push(e.entry.subject.as_str());
-        actors.push(e.entry.actor.as_str());
-        keys.push(Some(e.entry.idempotency_key.as_str()).filter(|k| !k.is_empty()));
-        times.push(e.entry.timestamp_unix_nanos);
-        tree.append(e.leaf_hash, |_, _| {});
-        seg_tree.append(e.leaf_hash, |_, _| {});
-    }
-    // The four writes are independent: sent together, they cost one round
-    // trip (tokio-postgres pipelines concurrent queries on a connection).
-    let levels: Vec<i16> = batch
-        .nodes
-        .iter()
-        .map(|(id, _)| i16::from(id.level))
-        .collect();
-    let indexes: Vec<i64> = batch
-        .nodes
-        .iter()
-        .map(|(id, _)| seq_i64(id.index))
-        .collect();
-    let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, h)| h.0.as_slice()).collect();
-    let end = seq_i64(batch.first_seq + n as u64);
-    let last = batch.entries.last().expect("non-empty batch");
-    let first_ts = head
-        .segment
-        .first_timestamp
-        .or(Some(batch.entries[0].entry.timestamp_unix_nanos));
-    let (frontier, seg_frontier) = (bytes_of(tree.hashes()), bytes_of(seg_tree.hashes()));
-    type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let entry_params: [P<'_>; 12] = [
-        &log, &seqs, &encodings, &leaves, &salts, &payloads, &subjects, &actors, &keys, &times,
-        &segment, &states,
-    ];
-    let node_params: [P<'_>; 4] = [&log, &levels, &indexes, &hashes];
-    let checkpoint_params: [P<'_>; 3] = [&log, &end, &batch.checkpoint];
-    let leaf = last.leaf_hash.0.as_slice();
-    let head_params: [P<'_>; 8] = [
+) -> Result<LogHead, StoreError> {
+    let next = head_after(log, head, batch)?;
+    let r = Rows::of(batch, head, &next);
+    let entry_params: [Param<'_>; 12] = [
         &log,
-        &end,
-        &leaf,
-        &last.entry.timestamp_unix_nanos,
-        &frontier,
-        &seg_frontier,
-        &first_ts,
+        &r.seqs,
+        &r.encodings,
+        &r.leaves,
+        &r.salts,
+        &r.payloads,
+        &r.subjects,
+        &r.actors,
+        &r.keys,
+        &r.times,
+        &r.segment,
+        &r.states,
+    ];
+    let node_params: [Param<'_>; 4] = [&log, &r.levels, &r.indexes, &r.hashes];
+    let checkpoint_params: [Param<'_>; 3] = [&log, &r.end, &batch.checkpoint];
+    let head_params: [Param<'_>; 8] = [
+        &log,
+        &r.end,
+        &r.leaf,
+        &next.last_timestamp,
+        &r.frontier,
+        &r.seg_frontier,
+        &next.segment.first_timestamp,
         &batch.checkpoint,
     ];
     // Each statement is prepared first (once per connection: later
     // batches find it cached), so that sending them is all that is left.
     let prepare = |sql| async move { tx.prepare_cached(sql).await.map_err(db) };
-    let entries = prepare(
-        "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, payload_state, salt, \
-         payload, subject, actor, idempotency_key, timestamp_unix_nanos, segment) \
-         SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $11 \
-         FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
-         $7::text[], $8::text[], $9::text[], $10::bigint[], $12::smallint[]) \
-         AS t(s, enc, leaf, salt, payload, subject, actor, key, ts, st)",
-    )
-    .await?;
-    let nodes = prepare(
-        "INSERT INTO auditlog_nodes (log, level, index, hash) \
-         SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) \
-         AS t(l, i, h)",
-    )
-    .await?;
-    let checkpoint =
-        prepare("INSERT INTO auditlog_checkpoints (log, size, note) VALUES ($1, $2, $3)").await?;
-    let head_row = prepare(
-        "UPDATE auditlog_logs SET size = $2, prev_leaf = $3, last_timestamp = $4, \
-         frontier = $5, segment_frontier = $6, segment_first_timestamp = $7, \
-         latest_checkpoint = $8 WHERE name = $1",
-    )
-    .await?;
-    let execute =
-        |statement, params| async move { tx.execute(statement, params).await.map_err(db) };
+    let entries = prepare(INSERT_ENTRIES).await?;
+    let nodes = prepare(INSERT_NODES).await?;
+    let checkpoint = prepare(INSERT_CHECKPOINT).await?;
+    let head_row = prepare(UPDATE_HEAD).await?;
+    let execute = |statement, params| async move {
+        tx.execute(statement, params)
+            .await
+            .map_err(|e| refusal(log, head, &e))
+    };
     // The writes are independent, so they go out together and cost one
     // round trip (tokio-postgres pipelines the queries of one connection,
     // in the order they are first polled: `biased` polls in order, and a
@@ -648,7 +817,125 @@ async fn write_batch<C: GenericClient + Sync>(
         execute(&head_row, &head_params[..]),
         commit
     )?;
-    Ok(())
+    Ok(next)
+}
+
+/// A connection of a log's own, for the batches this process writes
+/// without taking the head lock first (see [`Store::write_unsynced`]):
+/// `synchronous_commit` on for the session, and [`PIPELINED_BATCH`]
+/// prepared, so each batch is one message sent at its first poll, and
+/// batches follow each other on the wire (and commit) in the order they
+/// were written.
+struct WriterConn {
+    client: deadpool_postgres::Object,
+    batch: tokio_postgres::Statement,
+}
+
+impl WriterConn {
+    async fn open(pool: &Pool) -> Result<WriterConn, StoreError> {
+        let client = pool.get().await.map_err(PgStore::client_error)?;
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(db)?;
+        let batch = client.prepare_cached(PIPELINED_BATCH).await.map_err(db)?;
+        Ok(WriterConn { client, batch })
+    }
+
+    /// Writes `batch` after `head`, leaving `next`, and commits, in one
+    /// round trip. If the statement fails (the head moved, a key another
+    /// server used meanwhile, a row planted in the way), nothing of it is
+    /// kept, and every batch sent behind it fails too: each starts where
+    /// the one before it ends, which the head row then does not say.
+    async fn write(
+        &self,
+        log: &str,
+        head: &LogHead,
+        next: &LogHead,
+        batch: &Batch,
+    ) -> Result<(), StoreError> {
+        let r = Rows::of(batch, head, next);
+        let (size, segment) = (seq_i64(head.size), r.segment);
+        let params: [Param<'_>; 24] = [
+            &log,
+            &r.end,
+            &r.leaf,
+            &next.last_timestamp,
+            &r.frontier,
+            &r.seg_frontier,
+            &next.segment.first_timestamp,
+            &batch.checkpoint,
+            &size,
+            &segment,
+            &head.prev_leaf.0.as_slice(),
+            &r.seqs,
+            &r.encodings,
+            &r.leaves,
+            &r.salts,
+            &r.payloads,
+            &r.subjects,
+            &r.actors,
+            &r.keys,
+            &r.times,
+            &r.states,
+            &r.levels,
+            &r.indexes,
+            &r.hashes,
+        ];
+        match self.client.execute(&self.batch, &params[..]).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(refusal(log, head, &e)),
+        }
+    }
+}
+
+/// Why a batch written by [`WriterConn::write`] failed: a
+/// [`StoreError::Conflict`] (true) or not, and the error's text.
+type Failure = (bool, String);
+
+/// How a batch written by [`WriterConn::write`] ended, once it has.
+#[derive(Default)]
+struct Outcome {
+    done: Mutex<Option<Result<(), Failure>>>,
+    ended: std::sync::Condvar,
+}
+
+impl Outcome {
+    fn set(&self, r: Result<(), StoreError>) {
+        let r = r.map_err(|e| match e {
+            StoreError::Conflict { reason, .. } => (true, reason),
+            e => (false, e.to_string()),
+        });
+        *self.done.lock().expect("outcome lock") = Some(r);
+        self.ended.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), Failure> {
+        let mut done = self.done.lock().expect("outcome lock");
+        loop {
+            if let Some(r) = &*done {
+                return r.clone();
+            }
+            done = self.ended.wait(done).expect("outcome lock");
+        }
+    }
+}
+
+/// What this process wrote to a log without the head lock.
+#[derive(Default)]
+struct Writer {
+    /// The head this process's last write leaves, while it is trusted:
+    /// set by a committed write under the lock and moved by each batch
+    /// written without it; cleared by a seal, a failure or a lock that
+    /// found another head.
+    head: Option<LogHead>,
+    /// The connection batches are sent on, one behind the other, taken
+    /// from the pool while the head is trusted (at most
+    /// [`MAX_WRITER_CONNS`] logs hold one).
+    conn: Option<Arc<WriterConn>>,
+    /// Batches written without the lock and not yet published: first seq
+    /// and how they end.
+    unpublished: std::collections::VecDeque<(u64, Arc<Outcome>)>,
 }
 
 /// Writes a seal on a connection inside a transaction that holds the log's
@@ -726,10 +1013,11 @@ struct PgHeadLock<'a> {
 }
 
 impl PgHeadLock<'_> {
-    fn finish<F, Fut>(mut self: Box<Self>, write: F) -> Result<(), StoreError>
+    fn finish<T, F, Fut>(mut self: Box<Self>, write: F) -> Result<T, StoreError>
     where
+        T: Send + 'static,
         F: FnOnce(deadpool_postgres::Object, String, LogHead) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), StoreError>> + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let client = self.client.take().expect("open until finished");
         let (log, head) = (self.log.clone(), self.head.clone());
@@ -747,17 +1035,21 @@ impl super::HeadLock for PgHeadLock<'_> {
     }
 
     fn append(self: Box<Self>, batch: &Batch) -> Result<(), StoreError> {
+        let (store, log) = (self.store, self.log.clone());
         let batch = batch.clone();
-        self.finish(move |client, log, head| async move {
+        let written = self.finish(move |client, log, head| async move {
             let done = write_batch(&client, &log, &head, &batch, true).await;
             if done.is_err() {
                 let _ = client.batch_execute("ROLLBACK").await;
             }
             done
-        })
+        });
+        store.wrote(&log, written.as_ref().ok().cloned());
+        written.map(|_| ())
     }
 
     fn seal(self: Box<Self>, seal: &Seal, signed: &str) -> Result<(), StoreError> {
+        self.store.wrote(&self.log, None);
         let (seal, signed) = (seal.clone(), signed.to_owned());
         self.finish(move |client, log, head| async move {
             let done = async {
@@ -877,22 +1169,135 @@ impl Store for PgStore {
             return Ok(());
         }
         let pool = self.pool.clone();
-        let log = log.to_owned();
+        let log2 = log.to_owned();
         let batch = batch.clone();
-        self.run(async move {
+        let written = self.run(async move {
             let mut client = pool.get().await.map_err(Self::client_error)?;
             let tx = client.transaction().await.map_err(db)?;
             tx.batch_execute("SET LOCAL synchronous_commit = on")
                 .await
                 .map_err(db)?;
-            let head = Self::locked_head(&tx, &log).await?;
-            write_batch(&tx, &log, &head, &batch, false).await?;
-            tx.commit().await.map_err(db)
+            let head = Self::locked_head(&tx, &log2).await?;
+            let next = write_batch(&tx, &log2, &head, &batch, false).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(next)
+        });
+        self.wrote(log, written.as_ref().ok().cloned());
+        written.map(|_| ())
+    }
+
+    /// Without the head lock when this process wrote the log's head last
+    /// (and nothing failed since): the batch is sent on the log's writer
+    /// connection behind the batches written before it, in one round trip
+    /// (see [`WriterConn::write`]), and the returned sync point waits for
+    /// its COMMIT. The head row refuses it if another process moved the
+    /// head meanwhile. Otherwise, [`Store::append`] under the lock.
+    fn write_unsynced(&self, log: &str, batch: &Batch) -> Result<Option<SyncPoint>, StoreError> {
+        self.known(log)?;
+        let mut writers = self.writers.lock().expect("writers lock");
+        let w = writers.entry(log.to_owned()).or_default();
+        let head = match &w.head {
+            Some(h) if h.size == batch.first_seq && !batch.entries.is_empty() => h.clone(),
+            _ => {
+                drop(writers);
+                return self.append(log, batch).map(|()| None);
+            }
+        };
+        let next = head_after(log, &head, batch)?;
+        let next2 = next.clone();
+        let held = writers.values().filter(|w| w.conn.is_some()).count();
+        let w = writers.get_mut(log).expect("inserted above");
+        let conn = match &w.conn {
+            Some(c) => c.clone(),
+            None if held >= MAX_WRITER_CONNS => {
+                // The pool stays for everything else: this log's batches
+                // go under the lock.
+                drop(writers);
+                return self.append(log, batch).map(|()| None);
+            }
+            None => {
+                let pool = self.pool.clone();
+                let c = Arc::new(self.run(async move { WriterConn::open(&pool).await })?);
+                w.conn = Some(c.clone());
+                c
+            }
+        };
+        let outcome = Arc::new(Outcome::default());
+        // The first poll sends the statement (it needs no runtime: the
+        // connection task takes it from a channel), here, so batches go
+        // out in the order they are written; the runtime awaits the rest.
+        let ended = outcome.clone();
+        let (log2, batch2) = (log.to_owned(), batch.clone());
+        let mut write = Box::pin(async move {
+            let done = conn.write(&log2, &head, &next2, &batch2).await;
+            ended.set(done);
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if write.as_mut().poll(&mut cx).is_pending() {
+            self.rt.as_ref().expect("runtime until drop").spawn(write);
+        }
+        self.pipelined
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        w.head = Some(next);
+        w.unpublished.push_back((batch.first_seq, outcome.clone()));
+        Ok(Some(SyncPoint::new(move || {
+            outcome.wait().map_err(|(_, m)| std::io::Error::other(m))
+        })))
+    }
+
+    /// One batch committing, one more sent behind it: each batch commits
+    /// (and syncs) on its own, so later requests wait for the next batch.
+    fn max_unpublished(&self) -> u64 {
+        1
+    }
+
+    /// Waits for the batch's own COMMIT (the sync point run may have been a
+    /// later batch's). After a failure nothing is written without the lock
+    /// until a write under the lock succeeds again.
+    fn publish(
+        &self,
+        log: &str,
+        batch: &Batch,
+        synced: std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let oldest = {
+            let mut writers = self.writers.lock().expect("writers lock");
+            writers.get_mut(log).and_then(|w| w.unpublished.pop_front())
+        };
+        let outcome = match oldest {
+            Some((first, outcome)) if first == batch.first_seq => outcome.wait(),
+            other => Err((
+                false,
+                format!(
+                    "{log}: publish of the batch at seq {} out of order (oldest unpublished: {:?})",
+                    batch.first_seq,
+                    other.map(|(first, _)| first)
+                ),
+            )),
+        };
+        // The batch's own outcome decides (a sync point that failed was a
+        // later batch's, or this one's).
+        let Err((conflict, message)) = outcome else {
+            return Ok(());
+        };
+        let _ = synced;
+        if let Some(w) = self.writers.lock().expect("writers lock").get_mut(log) {
+            w.head = None;
+            w.conn = None;
+        }
+        Err(if conflict {
+            StoreError::Conflict {
+                log: log.to_owned(),
+                reason: message,
+            }
+        } else {
+            StoreError::Database(message)
         })
     }
 
     fn seal(&self, log: &str, seal: &Seal, signed: &str) -> Result<(), StoreError> {
         self.known(log)?;
+        self.wrote(log, None);
         let pool = self.pool.clone();
         let log = log.to_owned();
         let seal = seal.clone();
