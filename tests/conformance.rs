@@ -716,21 +716,36 @@ fn a_refused_pipelined_batch_is_planned_again_under_the_lock() {
         "the append after the seal was not pipelined"
     );
 
+    // Trusted again, A seals itself (its store forgets the head it wrote,
+    // so its next batch goes under the lock after all) and B appends
+    // before A's next batch: that batch finds the head moved under the
+    // lock, and is planned again too.
+    for i in 25..29 {
+        append(&a, &format!("a-{i}"));
+    }
+    a.seal_blocking("orders", SealReason::Request)
+        .unwrap()
+        .unwrap();
+    assert_eq!(append(&b, "b-1").receipts[0].seq, 30);
+    let after_seal = append(&a, "a-29");
+    check_receipts(&after_seal, ORIGIN);
+    assert_eq!(after_seal.receipts[0].seq, 31);
+
     a.shutdown();
     b.shutdown();
     drop((a, b));
     let count = |sql: &str| pg.psql(db, sql).trim().to_owned();
     assert_eq!(
         count("SELECT count(*) FROM auditlog_entries WHERE log = 'orders'"),
-        "26"
+        "32"
     );
     assert_eq!(
         count("SELECT count(DISTINCT idempotency_key) FROM auditlog_entries WHERE log = 'orders'"),
-        "26"
+        "32"
     );
     assert_eq!(
         count("SELECT size FROM auditlog_logs WHERE name = 'orders'"),
-        "26"
+        "32"
     );
     assert_eq!(
         count("SELECT segment FROM auditlog_entries WHERE log = 'orders' AND seq = 25"),

@@ -380,6 +380,27 @@ impl PgStore {
         self.pipelined.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// [`Store::append`] (under the lock) for a batch planned to go without
+    /// it: a head that moved meanwhile refuses the batch as a conflict,
+    /// nothing of it kept, so its requests are planned again.
+    fn append_as_refusal(&self, log: &str, batch: &Batch) -> Result<Option<SyncPoint>, StoreError> {
+        match self.append(log, batch) {
+            Ok(()) => Ok(None),
+            Err(StoreError::HeadMoved {
+                log,
+                expected,
+                actual,
+            }) => Err(StoreError::Conflict {
+                log,
+                reason: format!(
+                    "the head moved in another process (the batch starts at size {expected}, \
+                     the log has {actual} entries)"
+                ),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Records the head a write under the lock left (`None`: a seal, or a
     /// failure: not trusted until the next such write).
     fn wrote(&self, log: &str, head: Option<LogHead>) {
@@ -1200,7 +1221,7 @@ impl Store for PgStore {
             Some(h) if h.size == batch.first_seq && !batch.entries.is_empty() => h.clone(),
             _ => {
                 drop(writers);
-                return self.append(log, batch).map(|()| None);
+                return self.append_as_refusal(log, batch);
             }
         };
         let next = head_after(log, &head, batch)?;
@@ -1213,7 +1234,7 @@ impl Store for PgStore {
                 // The pool stays for everything else: this log's batches
                 // go under the lock.
                 drop(writers);
-                return self.append(log, batch).map(|()| None);
+                return self.append_as_refusal(log, batch);
             }
             None => {
                 let pool = self.pool.clone();
