@@ -981,13 +981,9 @@ impl Worker {
             let first = match first {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => {
-                    if awaits_refusals {
-                        if self.syncer.as_ref().is_some_and(pipeline::Syncer::failed) {
-                            self.drain();
-                        }
-                        if due.is_none_or(|t| std::time::Instant::now() < t) {
-                            continue;
-                        }
+                    // Only a look for refusals (made at the top of the loop).
+                    if awaits_refusals && due.is_none_or(|t| std::time::Instant::now() < t) {
+                        continue;
                     }
                     let mut ok = self.close_windows();
                     if self.age_deadline().is_some_and(|d| d.is_zero()) {
@@ -1332,7 +1328,7 @@ impl Worker {
 
     /// On a shared store, whether this log's batches go without the head
     /// lock, pipelined as on the embedded store: once the lock found the
-    /// head where this process left it `trust_after` batches in a row. The
+    /// head where this process left it [`TRUST_AFTER`] batches in a row. The
     /// store still refuses a batch if the head moved (the batch and every
     /// one in flight behind it fail, and the lock is taken again).
     fn trusts_head(&self) -> bool {
@@ -1521,22 +1517,12 @@ impl Worker {
             }
         };
         if let Err(e) = written {
-            let message = e.to_string();
             self.quiet = 0;
-            if matches!(e, StoreError::Conflict { .. }) {
-                // Refused whole (nothing kept): planned again, under the lock.
-                let mut refused = Vec::new();
-                for p in pending {
-                    match p.retry {
-                        Some(entries) => self.retry.push((entries, p.reply)),
-                        None => refused.push(p),
-                    }
-                }
-                fail_all(refused, &message);
-                return;
+            if !matches!(e, StoreError::Conflict { .. }) {
+                self.failures.failed(&log, &e.to_string());
             }
-            self.failures.failed(&log, &message);
-            fail_all(pending, &message);
+            let again = refuse(pending, &e);
+            self.retry.extend(again);
             return;
         }
         let (pending, proofs) = match proofs {
@@ -1681,6 +1667,24 @@ fn fail_all(pending: Vec<Pending>, why: &str) {
     for p in pending {
         let _ = p.reply.send(Err(AppendError::Unavailable(why.to_owned())));
     }
+}
+
+/// Answers the requests of a batch the store refused with `e`. If it
+/// refused the batch whole for a conflict (nothing of it kept), the
+/// requests that kept their entries for this are returned, to be planned
+/// again; every other request fails with `e`.
+fn refuse(pending: Vec<Pending>, e: &StoreError) -> Vec<Request> {
+    let conflict = matches!(e, StoreError::Conflict { .. });
+    let mut again = Vec::new();
+    let mut refused = Vec::new();
+    for p in pending {
+        match p.retry {
+            Some(entries) if conflict => again.push((entries, p.reply)),
+            _ => refused.push(p),
+        }
+    }
+    fail_all(refused, &e.to_string());
+    again
 }
 
 /// Answers every request of `batch`, now durable and published, with one

@@ -36,7 +36,7 @@ use crate::core::hash::Hash;
 use crate::store::{Batch, Store, StoreError, SyncPoint};
 
 use super::sequencer::Sequencer;
-use super::{answer_batch, count_batch, fail_all, FailureLog, LogView, Pending, Request};
+use super::{answer_batch, count_batch, fail_all, refuse, FailureLog, LogView, Pending, Request};
 
 /// Where a job's proofs arrive (see [`Job::proofs`]).
 pub(super) type ProofSlot = mpsc::Receiver<Result<Vec<Vec<Hash>>, String>>;
@@ -230,27 +230,18 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                     }
                 }
                 Err(e) => {
-                    let message = e.to_string();
-                    let conflict = matches!(e, StoreError::Conflict { .. });
+                    // The requests of a batch refused for a conflict go back
+                    // to the log thread, to be planned again under the lock.
+                    let again = refuse(job.pending, &e);
                     let mut p = progress.0.lock().expect("progress lock");
                     p.failed.get_or_insert(job.before);
-                    // Nothing of a batch refused for a conflict was kept:
-                    // its requests go back to the log thread, to be planned
-                    // again under the head lock.
-                    let mut refused = Vec::new();
-                    for pending in job.pending {
-                        match pending.retry {
-                            Some(entries) if conflict => p.retry.push((entries, pending.reply)),
-                            _ => refused.push(pending),
-                        }
-                    }
+                    p.retry.extend(again);
                     drop(p);
-                    if conflict {
-                        tracing::info!(log = %target.log, reason = %message, "pipelined batch refused; its requests are planned again");
+                    if matches!(e, StoreError::Conflict { .. }) {
+                        tracing::info!(log = %target.log, reason = %e, "pipelined batch refused; its requests are planned again");
                     } else {
-                        failures.failed(&target.log, &message);
+                        failures.failed(&target.log, &e.to_string());
                     }
-                    fail_all(refused, &message);
                 }
             }
             let (lock, cv) = &*progress;

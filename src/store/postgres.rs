@@ -576,13 +576,14 @@ fn seqs_of_rows(rows: Vec<tokio_postgres::Row>, keys: &[String]) -> HashMap<Stri
         .collect()
 }
 
-/// Inserts a batch's entries (`$1` the log, `$11` the segment).
+/// Inserts a batch's entries (`$1` the log, `$2`-`$11` the columns of
+/// [`Rows::entry_columns`], `$12` the segment).
 const INSERT_ENTRIES: &str = "INSERT INTO auditlog_entries (log, seq, encoding, leaf_hash, \
      payload_state, salt, payload, subject, actor, idempotency_key, timestamp_unix_nanos, \
      segment) \
-     SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $11 \
+     SELECT $1, s, enc, leaf, st, salt, payload, subject, actor, key, ts, $12 \
      FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], \
-     $7::text[], $8::text[], $9::text[], $10::bigint[], $12::smallint[]) \
+     $7::text[], $8::text[], $9::text[], $10::bigint[], $11::smallint[]) \
      AS t(s, enc, leaf, salt, payload, subject, actor, key, ts, st)";
 
 /// Inserts a batch's new tree nodes.
@@ -691,8 +692,10 @@ fn head_after(log: &str, head: &LogHead, batch: &Batch) -> Result<LogHead, Store
     Ok(next)
 }
 
-/// The column arrays of a batch's rows, as its INSERTs take them.
+/// A batch's writes as statement parameters: the column arrays of its
+/// rows and the head row it leaves.
 struct Rows<'a> {
+    log: &'a str,
     seqs: Vec<i64>,
     encodings: Vec<&'a [u8]>,
     leaves: Vec<&'a [u8]>,
@@ -708,16 +711,23 @@ struct Rows<'a> {
     indexes: Vec<i64>,
     hashes: Vec<&'a [u8]>,
     end: i64,
-    /// The head row after the batch: prev leaf, frontier, segment frontier.
+    checkpoint: &'a str,
+    /// The head row after the batch.
     leaf: &'a [u8],
+    last_timestamp: i64,
     frontier: Vec<u8>,
     seg_frontier: Vec<u8>,
+    first_timestamp: Option<i64>,
+    /// The head the batch starts at: size and last leaf.
+    size: i64,
+    prev_leaf: &'a [u8],
 }
 
 impl<'a> Rows<'a> {
-    fn of(batch: &'a Batch, head: &LogHead, next: &'a LogHead) -> Rows<'a> {
+    fn of(log: &'a str, batch: &'a Batch, head: &'a LogHead, next: &'a LogHead) -> Rows<'a> {
         let n = batch.entries.len();
         let mut r = Rows {
+            log,
             seqs: Vec::with_capacity(n),
             encodings: Vec::with_capacity(n),
             leaves: Vec::with_capacity(n),
@@ -741,9 +751,14 @@ impl<'a> Rows<'a> {
                 .collect(),
             hashes: batch.nodes.iter().map(|(_, h)| h.0.as_slice()).collect(),
             end: seq_i64(next.size),
+            checkpoint: &batch.checkpoint,
             leaf: next.prev_leaf.0.as_slice(),
+            last_timestamp: next.last_timestamp,
             frontier: bytes_of(&next.frontier),
             seg_frontier: bytes_of(&next.segment.frontier),
+            first_timestamp: next.segment.first_timestamp,
+            size: seq_i64(head.size),
+            prev_leaf: head.prev_leaf.0.as_slice(),
         };
         for e in &batch.entries {
             r.seqs.push(seq_i64(e.entry.seq));
@@ -761,6 +776,49 @@ impl<'a> Rows<'a> {
         }
         r
     }
+
+    /// `$1`-`$8` of [`UPDATE_HEAD`] and [`PIPELINED_BATCH`]: the log and its
+    /// head row after the batch.
+    fn head_row(&self) -> [Param<'_>; 8] {
+        [
+            &self.log,
+            &self.end,
+            &self.leaf,
+            &self.last_timestamp,
+            &self.frontier,
+            &self.seg_frontier,
+            &self.first_timestamp,
+            &self.checkpoint,
+        ]
+    }
+
+    /// `$9`-`$11` of [`PIPELINED_BATCH`]: the head the batch starts at.
+    fn start(&self) -> [Param<'_>; 3] {
+        [&self.size, &self.segment, &self.prev_leaf]
+    }
+
+    /// The entries' columns: `$2`-`$11` of [`INSERT_ENTRIES`], `$12`-`$21`
+    /// of [`PIPELINED_BATCH`].
+    fn entry_columns(&self) -> [Param<'_>; 10] {
+        [
+            &self.seqs,
+            &self.encodings,
+            &self.leaves,
+            &self.salts,
+            &self.payloads,
+            &self.subjects,
+            &self.actors,
+            &self.keys,
+            &self.times,
+            &self.states,
+        ]
+    }
+
+    /// The nodes' columns: `$2`-`$4` of [`INSERT_NODES`], `$22`-`$24` of
+    /// [`PIPELINED_BATCH`].
+    fn node_columns(&self) -> [Param<'_>; 3] {
+        [&self.levels, &self.indexes, &self.hashes]
+    }
 }
 
 type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
@@ -776,33 +834,16 @@ async fn write_batch<C: GenericClient + Sync>(
     commit: bool,
 ) -> Result<LogHead, StoreError> {
     let next = head_after(log, head, batch)?;
-    let r = Rows::of(batch, head, &next);
-    let entry_params: [Param<'_>; 12] = [
-        &log,
-        &r.seqs,
-        &r.encodings,
-        &r.leaves,
-        &r.salts,
-        &r.payloads,
-        &r.subjects,
-        &r.actors,
-        &r.keys,
-        &r.times,
-        &r.segment,
-        &r.states,
-    ];
-    let node_params: [Param<'_>; 4] = [&log, &r.levels, &r.indexes, &r.hashes];
-    let checkpoint_params: [Param<'_>; 3] = [&log, &r.end, &batch.checkpoint];
-    let head_params: [Param<'_>; 8] = [
-        &log,
-        &r.end,
-        &r.leaf,
-        &next.last_timestamp,
-        &r.frontier,
-        &r.seg_frontier,
-        &next.segment.first_timestamp,
-        &batch.checkpoint,
-    ];
+    let r = Rows::of(log, batch, head, &next);
+    let entry_params = [
+        &[&r.log as Param<'_>][..],
+        &r.entry_columns(),
+        &[&r.segment],
+    ]
+    .concat();
+    let node_params = [&[&r.log as Param<'_>][..], &r.node_columns()].concat();
+    let checkpoint_params: [Param<'_>; 3] = [&r.log, &r.end, &r.checkpoint];
+    let head_params = r.head_row();
     // Each statement is prepared first (once per connection: later
     // batches find it cached), so that sending them is all that is left.
     let prepare = |sql| async move { tx.prepare_cached(sql).await.map_err(db) };
@@ -875,34 +916,14 @@ impl WriterConn {
         next: &LogHead,
         batch: &Batch,
     ) -> Result<(), StoreError> {
-        let r = Rows::of(batch, head, next);
-        let (size, segment) = (seq_i64(head.size), r.segment);
-        let params: [Param<'_>; 24] = [
-            &log,
-            &r.end,
-            &r.leaf,
-            &next.last_timestamp,
-            &r.frontier,
-            &r.seg_frontier,
-            &next.segment.first_timestamp,
-            &batch.checkpoint,
-            &size,
-            &segment,
-            &head.prev_leaf.0.as_slice(),
-            &r.seqs,
-            &r.encodings,
-            &r.leaves,
-            &r.salts,
-            &r.payloads,
-            &r.subjects,
-            &r.actors,
-            &r.keys,
-            &r.times,
-            &r.states,
-            &r.levels,
-            &r.indexes,
-            &r.hashes,
-        ];
+        let r = Rows::of(log, batch, head, next);
+        let params = [
+            &r.head_row()[..],
+            &r.start(),
+            &r.entry_columns(),
+            &r.node_columns(),
+        ]
+        .concat();
         match self.client.execute(&self.batch, &params[..]).await {
             Ok(_) => Ok(()),
             Err(e) => Err(refusal(log, head, &e)),
@@ -947,8 +968,7 @@ impl Outcome {
 struct Writer {
     /// The head this process's last write leaves, while it is trusted:
     /// set by a committed write under the lock and moved by each batch
-    /// written without it; cleared by a seal, a failure or a lock that
-    /// found another head.
+    /// written without it; cleared by a seal or a failure.
     head: Option<LogHead>,
     /// The connection batches are sent on, one behind the other, taken
     /// from the pool while the head is trusted (at most
