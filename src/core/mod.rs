@@ -6,6 +6,7 @@
 //! very code that made it.
 
 pub mod checkpoint;
+pub mod commit;
 pub mod entry;
 pub mod hash;
 pub mod merkle;

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::entry::{commit_payload, Salt};
+use crate::core::commit::commit_payloads;
+use crate::core::entry::Salt;
 use crate::core::hash::Hash;
 
 /// Content type recorded when a client sends none.
@@ -290,16 +291,26 @@ pub fn prepare(
     for (i, e) in entries.iter().enumerate() {
         validate(limits, i, e)?;
     }
+    let salts: Vec<Salt> = entries
+        .iter()
+        .map(|_| {
+            let mut salt = [0u8; 32];
+            random(&mut salt);
+            Salt(salt)
+        })
+        .collect();
+    // All of the request's commitments at once: BLAKE3 then hashes many
+    // payloads side by side (see core::commit).
+    let payloads: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_slice()).collect();
+    let commitments = commit_payloads(&salts, &payloads);
     Ok(entries
         .into_iter()
-        .map(|mut input| {
+        .zip(salts)
+        .zip(commitments)
+        .map(|((mut input, salt), commitment)| {
             if input.content_type.is_empty() {
                 input.content_type = DEFAULT_CONTENT_TYPE.to_owned();
             }
-            let mut salt = [0u8; 32];
-            random(&mut salt);
-            let salt = Salt(salt);
-            let commitment = commit_payload(&salt, &input.payload);
             PreparedEntry {
                 input,
                 salt,
@@ -312,6 +323,7 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::entry::commit_payload;
 
     fn ok() -> EntryInput {
         EntryInput {
