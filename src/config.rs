@@ -16,6 +16,8 @@
 //! [store]                 # default: the embedded store in data_dir
 //! kind = "postgres"
 //! url = "postgres://auditlog@db.internal:5432/auditlog"
+//! pool_size = 32          # connections this server opens (default 32)
+//! pool_wait = "30s"       # longest wait for one before failing (default 30s)
 //!
 //! [limits]
 //! max_payload_bytes = 1048576
@@ -220,6 +222,13 @@ pub struct StoreSection {
     /// With `kind = "postgres"`: the database URL
     /// (`postgres://user@host:5432/auditlog`).
     pub url: Option<String>,
+    /// With `kind = "postgres"`: most connections this server opens
+    /// (default 32). Every server's pool must fit the database's
+    /// `max_connections`.
+    pub pool_size: Option<usize>,
+    /// With `kind = "postgres"`: longest wait for a free connection before
+    /// the operation fails (default `"30s"`).
+    pub pool_wait: Option<String>,
 }
 
 /// The store the server uses.
@@ -261,6 +270,8 @@ pub struct Config {
     pub key: Option<PathBuf>,
     /// Where the logs are.
     pub store: StoreKind,
+    /// With a PostgreSQL store: its connection pool.
+    pub pg_pool: crate::store::postgres::PoolOptions,
     /// Limits.
     pub limits: Limits,
     /// How often the server runs retention expiry.
@@ -533,25 +544,52 @@ impl FileConfig {
                     ))
                 })?,
         };
+        let mut pg_pool = crate::store::postgres::PoolOptions::default();
         let store = match self.store {
             None => StoreKind::Embedded,
-            Some(st) => match (st.kind.as_deref().unwrap_or("embedded"), st.url) {
-                ("embedded", None) => StoreKind::Embedded,
-                ("postgres", Some(url)) => {
-                    StoreKind::parse(&url).map_err(|e| bad(format!("[store] url: {e}")))?
+            Some(st) => {
+                let kind = st.kind.as_deref().unwrap_or("embedded");
+                if kind == "postgres" {
+                    if let Some(n) = st.pool_size {
+                        if n == 0 {
+                            return Err(bad("[store] pool_size: at least 1".into()));
+                        }
+                        pg_pool.max_connections = n;
+                    }
+                    if let Some(w) = &st.pool_wait {
+                        pg_pool.wait =
+                            parse_duration(w)
+                                .ok()
+                                .filter(|d| !d.is_zero())
+                                .ok_or_else(|| {
+                                    bad(format!(
+                                        "[store] pool_wait: {w:?} is not a duration above 0"
+                                    ))
+                                })?;
+                    }
+                } else if st.pool_size.is_some() || st.pool_wait.is_some() {
+                    return Err(bad(
+                        "[store] pool_size and pool_wait are for kind = \"postgres\"".into(),
+                    ));
                 }
-                ("postgres", None) => {
-                    return Err(bad("[store] kind = \"postgres\" needs a url".into()))
+                match (kind, st.url) {
+                    ("embedded", None) => StoreKind::Embedded,
+                    ("postgres", Some(url)) => {
+                        StoreKind::parse(&url).map_err(|e| bad(format!("[store] url: {e}")))?
+                    }
+                    ("postgres", None) => {
+                        return Err(bad("[store] kind = \"postgres\" needs a url".into()))
+                    }
+                    ("embedded", Some(_)) => {
+                        return Err(bad("[store] url is for kind = \"postgres\"".into()))
+                    }
+                    (other, _) => {
+                        return Err(bad(format!(
+                            "[store] kind {other:?}: \"embedded\" or \"postgres\""
+                        )))
+                    }
                 }
-                ("embedded", Some(_)) => {
-                    return Err(bad("[store] url is for kind = \"postgres\"".into()))
-                }
-                (other, _) => {
-                    return Err(bad(format!(
-                        "[store] kind {other:?}: \"embedded\" or \"postgres\""
-                    )))
-                }
-            },
+            }
         };
         let log_format = match &self.log_format {
             None => crate::logging::LogFormat::default(),
@@ -561,6 +599,7 @@ impl FileConfig {
         };
         Ok(Config {
             store,
+            pg_pool,
             stream_idle_timeout,
             metrics_listen: self.metrics_listen,
             log_format,
@@ -635,6 +674,15 @@ mod tests {
         assert_eq!(c.logs[1].seal_after, None);
         let d = FileConfig::default().resolve().unwrap();
         assert_eq!(d.logs[0].name, "default");
+        assert_eq!(d.pg_pool, crate::store::postgres::PoolOptions::default());
+        let pg = FileConfig::parse(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://h/d\"\npool_size = 8\npool_wait = \"5s\"\n",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(pg.pg_pool.max_connections, 8);
+        assert_eq!(pg.pg_pool.wait, Duration::from_secs(5));
         assert_eq!(d.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     }
 
@@ -658,6 +706,10 @@ mod tests {
             ("[store]\nkind = \"postgres\"\n", "needs a url"),
             ("[store]\nkind = \"mysql\"\n", "\"embedded\" or \"postgres\""),
             ("[store]\nkind = \"postgres\"\nurl = \"mysql://x\"\n", "postgres:// URL"),
+            ("[store]\nkind = \"postgres\"\nurl = \"postgres://h/d\"\npool_size = 0\n", "pool_size: at least 1"),
+            ("[store]\nkind = \"postgres\"\nurl = \"postgres://h/d\"\npool_wait = \"0s\"\n", "pool_wait"),
+            ("[store]\nkind = \"postgres\"\nurl = \"postgres://h/d\"\npool_wait = \"soon\"\n", "pool_wait"),
+            ("[store]\npool_size = 8\n", "are for kind = \"postgres\""),
             ("[limits]\nmax_payload_bytes = 10\nmax_request_bytes = 5\n", "larger than"),
             (
                 "[[token]]\nname = \"ops\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\nrole = \"admin\"\nsubjects = [\"order:\"]\n",

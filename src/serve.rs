@@ -110,7 +110,7 @@ pub fn open(
             let s = Arc::new(EmbeddedStore::open(&config.data_dir)?);
             (s.clone(), Some(s))
         }
-        StoreKind::Postgres(url) => (Arc::new(PgStore::connect(url)?), None),
+        StoreKind::Postgres(url) => (Arc::new(PgStore::connect_with(url, config.pg_pool)?), None),
     };
     let engine = Arc::new(Engine::start(
         store,

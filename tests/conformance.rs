@@ -641,6 +641,66 @@ fn keys_looked_up_with_the_lock_see_what_committed_while_it_was_awaited() {
     });
 }
 
+/// A pool that stays empty is an error after the configured wait, not a
+/// hang, and the store goes on once a connection is free. Attack: a server
+/// whose only connection is held by a locked head (as a stuck batch would
+/// hold it) is asked for a read and another lock.
+#[test]
+fn an_exhausted_pool_fails_after_its_wait_and_recovers() {
+    use auditlog::store::postgres::PoolOptions;
+    use std::time::{Duration, Instant};
+    let db = "pool_wait";
+    let Some((_pg, m)) = pg_database(db, db) else {
+        return;
+    };
+    let wait = Duration::from_millis(700);
+    let store = PgStore::connect_with(
+        &m.0,
+        PoolOptions {
+            max_connections: 1,
+            wait,
+        },
+    )
+    .unwrap();
+    let spec = auditlog::store::LogSpec {
+        name: "orders".into(),
+        origin: ORIGIN.into(),
+    };
+    store.open_log(&spec, 1_000).unwrap();
+    let lock = store.lock_head("orders", &[]).unwrap().unwrap();
+    for attempt in ["entry", "lock_head"] {
+        let started = Instant::now();
+        let err = match attempt {
+            "entry" => store.entry("orders", 0).map(|_| ()).unwrap_err(),
+            _ => store.lock_head("orders", &[]).map(|_| ()).unwrap_err(),
+        };
+        let took = started.elapsed();
+        assert!(
+            err.to_string().contains("no database connection"),
+            "{attempt}: {err}"
+        );
+        assert!(
+            took >= wait,
+            "{attempt} gave up after {took:?}, before its wait"
+        );
+        assert!(took < wait * 10, "{attempt} took {took:?}");
+    }
+    drop(lock);
+    assert!(store.entry("orders", 0).unwrap().is_none());
+    assert_eq!(
+        store.lock_head("orders", &[]).unwrap().unwrap().head().size,
+        0
+    );
+    assert!(PgStore::connect_with(
+        &m.0,
+        PoolOptions {
+            max_connections: 0,
+            wait,
+        },
+    )
+    .is_err());
+}
+
 /// A server that wrote a log's head last (several batches in a row under
 /// the lock that found the head where it left it) sends its batches
 /// without the lock and without looking its keys up first. Attacks: another

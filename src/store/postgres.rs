@@ -144,15 +144,28 @@ CREATE UNIQUE INDEX auditlog_entries_key ON auditlog_entries (log, idempotency_k
 /// Key of the advisory lock migrations hold ("auditlog" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6175_6469_746c_6f67;
 
-/// Connections of a server's pool.
-const POOL_SIZE: usize = 32;
+/// How a server's pool of connections to PostgreSQL is sized (`[store]
+/// pool_size` and `pool_wait` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections the server opens (at least 1). Logs that pipeline
+    /// their batches hold one each, at most half of them, so reads and
+    /// locked writes always have the other half. Size it so that every
+    /// server's pool fits the database's `max_connections`.
+    pub max_connections: usize,
+    /// Longest wait for a free connection before the operation fails (a
+    /// pool that stays empty is an error, not a hang).
+    pub wait: std::time::Duration,
+}
 
-/// Longest wait for a pooled connection before the operation fails.
-const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Most logs that hold a pooled connection of their own to pipeline
-/// batches on (half the pool).
-const MAX_WRITER_CONNS: usize = POOL_SIZE / 2;
+impl Default for PoolOptions {
+    fn default() -> PoolOptions {
+        PoolOptions {
+            max_connections: 32,
+            wait: std::time::Duration::from_secs(30),
+        }
+    }
+}
 
 /// Most tree nodes kept in memory (they never change once written).
 const NODE_CACHE: usize = 1 << 20;
@@ -169,6 +182,9 @@ pub struct PgStore {
     writers: Mutex<HashMap<String, Writer>>,
     /// Batches sent without the head lock (see [`PgStore::pipelined`]).
     pipelined: std::sync::atomic::AtomicU64,
+    /// Most logs that hold a pooled connection of their own to pipeline
+    /// batches on (half the pool).
+    max_writer_conns: usize,
 }
 
 fn db(e: impl std::fmt::Display) -> StoreError {
@@ -318,6 +334,19 @@ impl PgStore {
     /// # Errors
     /// Bad URL, connection or migration failure.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, PoolOptions::default())
+    }
+
+    /// [`PgStore::connect`] with a pool sized by `pool`.
+    ///
+    /// # Errors
+    /// Bad URL or pool size, connection or migration failure.
+    pub fn connect_with(url: &str, pool: PoolOptions) -> Result<PgStore, StoreError> {
+        if pool.max_connections == 0 {
+            return Err(StoreError::Database(
+                "the connection pool needs at least 1 connection".into(),
+            ));
+        }
         migrate(url)?;
         let config: tokio_postgres::Config = url.parse().map_err(db)?;
         let manager = Manager::from_config(
@@ -336,12 +365,13 @@ impl PgStore {
                 context: "start the PostgreSQL runtime".into(),
                 source: e,
             })?;
+        let options = pool;
         let pool = {
             let _guard = rt.enter();
             Pool::builder(manager)
-                .max_size(POOL_SIZE)
+                .max_size(options.max_connections)
                 // A pool that stays empty is an error, not a hang.
-                .wait_timeout(Some(POOL_WAIT))
+                .wait_timeout(Some(options.wait))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .build()
                 .map_err(db)?
@@ -353,6 +383,7 @@ impl PgStore {
             nodes: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             pipelined: std::sync::atomic::AtomicU64::new(0),
+            max_writer_conns: options.max_connections / 2,
         })
     }
 
@@ -971,8 +1002,8 @@ struct Writer {
     /// written without it; cleared by a seal or a failure.
     head: Option<LogHead>,
     /// The connection batches are sent on, one behind the other, taken
-    /// from the pool while the head is trusted (at most
-    /// [`MAX_WRITER_CONNS`] logs hold one).
+    /// from the pool while the head is trusted (at most half the pool's
+    /// connections are held so).
     conn: Option<Arc<WriterConn>>,
     /// Batches written without the lock and not yet published: first seq
     /// and how they end.
@@ -1250,7 +1281,7 @@ impl Store for PgStore {
         let w = writers.get_mut(log).expect("inserted above");
         let conn = match &w.conn {
             Some(c) => c.clone(),
-            None if held >= MAX_WRITER_CONNS => {
+            None if held >= self.max_writer_conns => {
                 // The pool stays for everything else: this log's batches
                 // go under the lock.
                 drop(writers);
