@@ -849,38 +849,52 @@ fn check_block(
 struct Deferred {
     /// The payloads, one after another.
     payloads: Vec<u8>,
-    /// Per payload: the entry's index in the block's output, its seq, its
-    /// salt, where its payload ends in `payloads`, and the commitment its
-    /// entry states.
-    items: Vec<(usize, u64, Salt, usize, Hash)>,
+    items: Vec<DeferredPayload>,
+}
+
+/// One payload left to [`Deferred::check`].
+struct DeferredPayload {
+    /// The entry's index in the block's output.
+    index: usize,
+    seq: u64,
+    salt: Salt,
+    /// Where the payload ends in [`Deferred::payloads`].
+    end: usize,
+    /// The commitment the entry states.
+    stated: Hash,
 }
 
 impl Deferred {
     fn push(&mut self, index: usize, seq: u64, salt: Salt, payload: &[u8], stated: Hash) {
         self.payloads.extend_from_slice(payload);
-        self.items
-            .push((index, seq, salt, self.payloads.len(), stated));
+        self.items.push(DeferredPayload {
+            index,
+            seq,
+            salt,
+            end: self.payloads.len(),
+            stated,
+        });
     }
 
     /// Adds a finding to each entry of `out` whose payload and salt do not
     /// match its commitment.
     fn check(self, out: &mut [(usize, Pre)]) {
-        let salts: Vec<Salt> = self.items.iter().map(|i| i.2).collect();
+        let salts: Vec<Salt> = self.items.iter().map(|i| i.salt).collect();
         let mut from = 0;
         let payloads: Vec<&[u8]> = self
             .items
             .iter()
             .map(|i| {
-                let p = &self.payloads[from..i.3];
-                from = i.3;
+                let p = &self.payloads[from..i.end];
+                from = i.end;
                 p
             })
             .collect();
         let computed = commit_payloads(&salts, &payloads);
-        for (&(index, seq, _, _, stated), c) in self.items.iter().zip(computed) {
-            if c != stated {
-                if let Some((_, Pre::Entry(check))) = out.get_mut(index) {
-                    check.findings.push(payload_mismatch(seq));
+        for (item, c) in self.items.iter().zip(computed) {
+            if c != item.stated {
+                if let Some((_, Pre::Entry(check))) = out.get_mut(item.index) {
+                    check.findings.push(payload_mismatch(item.seq));
                 }
             }
         }

@@ -60,6 +60,15 @@ fn start(store: Arc<dyn Store>, logs: Vec<LogConfig>, clock: Arc<ManualClock>) -
 
 const ORIGIN: &str = "audit.example.com/orders";
 
+/// Opens the `orders` log on a store used without an engine.
+fn open_orders(store: &dyn Store) {
+    let spec = auditlog::store::LogSpec {
+        name: "orders".into(),
+        origin: ORIGIN.into(),
+    };
+    store.open_log(&spec, 1_000).unwrap();
+}
+
 fn receipts_proofs_and_restart(m: &dyn Maker) {
     let clock = ManualClock::at(1_000);
     let engine = Arc::new(start(m.open(), vec![orders(), chats()], clock.clone()));
@@ -602,11 +611,7 @@ fn keys_looked_up_with_the_lock_see_what_committed_while_it_was_awaited() {
         "UPDATE auditlog_entries SET log = 'parked' WHERE log = 'orders'",
     );
     let store = PgStore::connect(&m.0).unwrap();
-    let spec = auditlog::store::LogSpec {
-        name: "orders".into(),
-        origin: ORIGIN.into(),
-    };
-    store.open_log(&spec, 1_000).unwrap();
+    open_orders(&store);
     std::thread::scope(|scope| {
         let holder = scope.spawn(|| {
             pg.psql(
@@ -662,11 +667,7 @@ fn an_exhausted_pool_fails_after_its_wait_and_recovers() {
         },
     )
     .unwrap();
-    let spec = auditlog::store::LogSpec {
-        name: "orders".into(),
-        origin: ORIGIN.into(),
-    };
-    store.open_log(&spec, 1_000).unwrap();
+    open_orders(&store);
     let lock = store.lock_head("orders", &[]).unwrap().unwrap();
     for attempt in ["entry", "lock_head"] {
         let started = Instant::now();

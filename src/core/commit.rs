@@ -139,26 +139,17 @@ fn compress_chunks(platform: Platform, chunks: &[Chunk<'_>]) -> Vec<ChainingValu
     // blocks are full, so chunks with as many of them and the same counter
     // are compressed side by side.
     let before_last = |c: &Chunk<'_>| (c.bytes.len() - 1) / BLOCK_LEN;
+    let key = |i: usize| (before_last(&chunks[i]), chunks[i].counter);
     let mut states = vec![IV; chunks.len()];
-    let mut order: Vec<usize> = (0..chunks.len())
-        .filter(|&i| before_last(&chunks[i]) > 0)
-        .collect();
-    order.sort_by_key(|&i| (before_last(&chunks[i]), chunks[i].counter));
+    let mut order: Vec<usize> = (0..chunks.len()).filter(|&i| key(i).0 > 0).collect();
+    order.sort_by_key(|&i| key(i));
     let mut out = Vec::new();
-    for group in order.chunk_by(|&a, &b| {
-        (before_last(&chunks[a]), chunks[a].counter) == (before_last(&chunks[b]), chunks[b].counter)
-    }) {
-        let blocks = before_last(&chunks[group[0]]);
+    for group in order.chunk_by(|&a, &b| key(a) == key(b)) {
+        let (blocks, counter) = key(group[0]);
         let inputs: Vec<&[u8]> = group.iter().map(|&i| chunks[i].bytes).collect();
         out.clear();
         out.resize(group.len() * 32, 0);
-        full_blocks(
-            platform,
-            blocks,
-            &inputs,
-            chunks[group[0]].counter,
-            &mut out,
-        );
+        full_blocks(platform, blocks, &inputs, counter, &mut out);
         for (&i, cv) in group.iter().zip(out.chunks_exact(32)) {
             states[i] = words_from_le_bytes_32(cv.try_into().expect("32 bytes"));
         }

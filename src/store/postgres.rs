@@ -182,9 +182,6 @@ pub struct PgStore {
     writers: Mutex<HashMap<String, Writer>>,
     /// Batches sent without the head lock (see [`PgStore::pipelined`]).
     pipelined: std::sync::atomic::AtomicU64,
-    /// Most logs that hold a pooled connection of their own to pipeline
-    /// batches on (half the pool).
-    max_writer_conns: usize,
 }
 
 fn db(e: impl std::fmt::Display) -> StoreError {
@@ -337,12 +334,12 @@ impl PgStore {
         PgStore::connect_with(url, PoolOptions::default())
     }
 
-    /// [`PgStore::connect`] with a pool sized by `pool`.
+    /// [`PgStore::connect`] with a pool sized by `options`.
     ///
     /// # Errors
     /// Bad URL or pool size, connection or migration failure.
-    pub fn connect_with(url: &str, pool: PoolOptions) -> Result<PgStore, StoreError> {
-        if pool.max_connections == 0 {
+    pub fn connect_with(url: &str, options: PoolOptions) -> Result<PgStore, StoreError> {
+        if options.max_connections == 0 {
             return Err(StoreError::Database(
                 "the connection pool needs at least 1 connection".into(),
             ));
@@ -365,7 +362,6 @@ impl PgStore {
                 context: "start the PostgreSQL runtime".into(),
                 source: e,
             })?;
-        let options = pool;
         let pool = {
             let _guard = rt.enter();
             Pool::builder(manager)
@@ -383,7 +379,6 @@ impl PgStore {
             nodes: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             pipelined: std::sync::atomic::AtomicU64::new(0),
-            max_writer_conns: options.max_connections / 2,
         })
     }
 
@@ -1281,7 +1276,8 @@ impl Store for PgStore {
         let w = writers.get_mut(log).expect("inserted above");
         let conn = match &w.conn {
             Some(c) => c.clone(),
-            None if held >= self.max_writer_conns => {
+            // Half the pool at most: the rest stays for reads and locks.
+            None if held >= self.pool.status().max_size / 2 => {
                 // The pool stays for everything else: this log's batches
                 // go under the lock.
                 drop(writers);
