@@ -5,8 +5,9 @@
 //!  append() ──prepare (validate, salt, commitment) on the caller's thread──┐
 //!                                                                          ▼
 //!  log thread:  gather every queued request ─▶ idempotency ─▶ Sequencer::sequence
-//!               ─▶ sign checkpoint ─▶ store.write_unsynced ─▶ receipts' proofs
-//!               ─▶ Sequencer::commit ─▶ hand over to the syncer, next batch
+//!               ─▶ sign checkpoint ─▶ store.write_unsynced ─▶ Sequencer::commit
+//!               ─▶ hand over to the syncer ─▶ store.stage, receipts' proofs
+//!               ─▶ next batch
 //!  syncer:      one fdatasync for every batch handed over ─▶ store.publish
 //!               ─▶ reply to each caller              (see [`pipeline`])
 //! ```
@@ -1488,8 +1489,9 @@ impl Worker {
                             let seqs = seqs_at(batch.first_seq);
                             let (proofs_tx, proofs_slot) = mpsc::sync_channel(1);
                             let size = cp.size;
+                            let batch = Arc::new(batch);
                             self.hand_over(
-                                batch,
+                                batch.clone(),
                                 point,
                                 pending,
                                 proofs_slot,
@@ -1497,6 +1499,10 @@ impl Worker {
                                 next,
                                 started,
                             );
+                            // The syncer publishes the batch once its proofs
+                            // arrive: staging ends before.
+                            self.store.stage(&log, &batch);
+                            drop(batch);
                             let proofs = prove(seqs, size, &new_nodes)
                                 .map_err(|e| format!("building proofs: {e}"));
                             // (Gone only if the syncer failed the batch already.)
@@ -1586,7 +1592,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn hand_over(
         &mut self,
-        batch: Batch,
+        batch: Arc<Batch>,
         point: SyncPoint,
         pending: Vec<Pending>,
         proofs: pipeline::ProofSlot,

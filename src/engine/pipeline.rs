@@ -2,22 +2,28 @@
 //! make written batches durable, publish them, answer their requests.
 //!
 //! ```text
-//!  log thread:    plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ Job ─▶ proofs ─┐
-//!                 (batch N+1 is prepared and written while batch N syncs)  │      │
-//!                                                                          ▼      ▼
-//!  syncer thread: take every queued job ─▶ one fdatasync for all ─▶ publish each, in
-//!                 order (index, then the readers' size) ─▶ answer each request once
-//!                 its proofs have arrived
+//!  log thread:    plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ Job ─▶ stage, proofs ─┐
+//!                 (batch N+1 is prepared and written while batch N syncs)  │             │
+//!                                                                          ▼             ▼
+//!  syncer thread: take every queued job ─▶ one fdatasync for all ─▶ for each, in order,
+//!                 once its proofs have arrived: publish (index, then the readers'
+//!                 size) ─▶ answer each request
 //! ```
 //!
 //! A job goes to the syncer as soon as its batch is written, so the sync
-//! starts while the log thread builds the receipts' proofs; they follow
-//! through the job's [`ProofSlot`].
+//! starts while the log thread does what needs no durability: the store's
+//! share of publishing ([`Store::stage`]: index records written where no
+//! reader looks yet, keys hashed) and the receipts' proofs, which follow
+//! through the job's [`ProofSlot`]. For one appender that is work taken
+//! off the request's path; for many, off the syncer thread's.
 //!
 //! Invariants:
-//! - The log thread sends every job's proofs (or why they failed) right
-//!   after handing the job over, before it waits for anything the syncer
-//!   does, so the syncer's wait for them always ends.
+//! - The log thread stages every job's batch and sends its proofs (or why
+//!   they failed) right after handing the job over, before it waits for
+//!   anything the syncer does, so the syncer's wait for them always ends;
+//!   the syncer publishes a batch only after its proofs arrived, so after
+//!   its staging ended (the store never stages and publishes a batch at
+//!   once).
 //! - A job is answered only after a sync that started after its batch was
 //!   written returned without error, and after the store published it: no
 //!   receipt names an entry a crash could lose or a reader cannot find.
@@ -47,7 +53,8 @@ pub(super) type LogState = (Sequencer, Option<String>);
 
 /// A written batch on its way to its answers.
 pub(super) struct Job {
-    pub batch: Batch,
+    /// Shared with the log thread while it stages the batch.
+    pub batch: Arc<Batch>,
     /// Syncs every write up to and including this batch's.
     pub point: SyncPoint,
     pub pending: Vec<Pending>,
@@ -208,6 +215,12 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
             };
             // After a failure the store refuses every later batch (they
             // chain on the failed one), so they fail here too.
+            // The proofs first: they arrive once the log thread staged the
+            // batch too.
+            let proofs = job
+                .proofs
+                .recv()
+                .unwrap_or_else(|_| Err("the log thread stopped".into()));
             match target.store.publish(&target.log, &job.batch, synced) {
                 Ok(()) => {
                     failures.succeeded(&target.log);
@@ -219,14 +232,13 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                         v.checkpoint = Some(job.checkpoint.clone());
                     }
                     progress.0.lock().expect("progress lock").published_end = end;
-                    match job.proofs.recv() {
-                        Ok(Ok(proofs)) => {
+                    match proofs {
+                        Ok(proofs) => {
                             answer_batch(job.pending, &job.batch, proofs, &job.checkpoint);
                         }
                         // Durable but not acknowledged: the next batch
                         // chains on it, as after a crash that kept it.
-                        Ok(Err(message)) => fail_all(job.pending, &message),
-                        Err(_) => fail_all(job.pending, "the log thread stopped"),
+                        Err(message) => fail_all(job.pending, &message),
                     }
                 }
                 Err(e) => {

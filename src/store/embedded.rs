@@ -26,6 +26,7 @@ use std::io;
 use std::ops::ControlFlow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -83,11 +84,43 @@ struct LogState {
     frame: Vec<u8>,
 }
 
+/// The dense index records of a written batch.
+fn dense_records(batch: &Batch, u: &Unpublished) -> Vec<DenseEntry> {
+    batch
+        .entries
+        .iter()
+        .zip(&u.offsets)
+        .map(|(e, off)| DenseEntry {
+            location: Location {
+                segment: u.segment,
+                offset: *off,
+            },
+            leaf_hash: e.leaf_hash,
+            timestamp: e.entry.timestamp_unix_nanos,
+        })
+        .collect()
+}
+
+/// The keyed facts of a batch's entries, in order.
+fn entry_keys(batch: &Batch) -> impl Iterator<Item = EntryKeys<'_>> {
+    batch.entries.iter().map(|e| EntryKeys {
+        subject: &e.entry.subject,
+        actor: &e.entry.actor,
+        idempotency_key: &e.entry.idempotency_key,
+    })
+}
+
 /// A batch in the open segment file, not yet published.
 struct Unpublished {
     first_seq: u64,
+    /// The segment its records are in.
+    segment: u64,
     /// File offset of each entry record.
     offsets: Vec<u64>,
+    /// Set by `stage`: the batch's dense records and nodes are written
+    /// (beyond the published size, so no reader looks at them), and these
+    /// are its postings, hashed.
+    staged: Option<Vec<(u64, u64)>>,
 }
 
 /// Keyed-index work handed to a log's indexer thread, in log order. The
@@ -121,6 +154,10 @@ struct LogFiles {
     /// acknowledged batch).
     postings: Postings,
     progress: Arc<(Mutex<Progress>, Condvar)>,
+    /// The published size (`LogState::size`), for readers that take no
+    /// lock: tree nodes beyond it (a batch staged, not yet durable) are
+    /// not served.
+    published: AtomicU64,
     /// Held (read) while a location is looked up and its record read;
     /// held (write) while a rewritten segment is renamed into place and its
     /// locations moved, so no reader pairs an old offset with a new file.
@@ -983,11 +1020,55 @@ impl Store for EmbeddedStore {
         if let Err(e) = written {
             return Err(refuse_write(&mut st, "append to", e));
         }
+        let segment = st.segment;
         st.unpublished.push_back(Unpublished {
             first_seq: batch.first_seq,
+            segment,
             offsets,
+            staged: None,
         });
         Ok(Some(SyncPoint::new(st.writer.sync_point())))
+    }
+
+    fn stage(&self, log: &str, batch: &Batch) {
+        let Ok(files) = self.log(log) else {
+            return;
+        };
+        let records = {
+            let st = files.state.lock().expect("log state lock");
+            match st
+                .unpublished
+                .iter()
+                .find(|u| u.first_seq == batch.first_seq)
+            {
+                Some(u) if u.staged.is_none() && u.offsets.len() == batch.entries.len() => {
+                    dense_records(batch, u)
+                }
+                _ => return,
+            }
+        };
+        // No lock while the index files are written and the keys hashed:
+        // the previous batch's `publish` goes on meanwhile. The records lie
+        // beyond the published size: no reader looks there, and a batch
+        // that never publishes is written over by the one that replaces
+        // it (or cut when the index is opened).
+        if files
+            .index
+            .dense
+            .add(batch.first_seq, &records, &batch.nodes)
+            .is_err()
+        {
+            return; // `publish` writes them again, and reports the error.
+        }
+        let postings = Postings::hash(batch.first_seq, entry_keys(batch));
+        let mut st = files.state.lock().expect("log state lock");
+        if let Some(u) = st
+            .unpublished
+            .iter_mut()
+            .find(|u| u.first_seq == batch.first_seq)
+        {
+            u.staged = Some(postings);
+        }
     }
 
     fn publish(&self, log: &str, batch: &Batch, synced: io::Result<()>) -> Result<(), StoreError> {
@@ -1006,36 +1087,28 @@ impl Store for EmbeddedStore {
                 batch.first_seq
             )));
         }
-        let Unpublished { offsets, .. } = st.unpublished.pop_front().expect("checked");
-        let dense: Vec<DenseEntry> = batch
-            .entries
-            .iter()
-            .zip(&offsets)
-            .map(|(e, off)| DenseEntry {
-                location: Location {
-                    segment: st.segment,
-                    offset: *off,
-                },
-                leaf_hash: e.leaf_hash,
-                timestamp: e.entry.timestamp_unix_nanos,
-            })
-            .collect();
-        // Dense records before the size moves: a reader that sees the new
-        // size finds them.
-        files
-            .index
-            .dense
-            .add(batch.first_seq, &dense, &batch.nodes)
-            .map_err(|e| st.refuse_index("index", e))?;
+        let unpublished = st.unpublished.pop_front().expect("checked");
         let n = batch.entries.len() as u64;
-        let keys = batch.entries.iter().map(|e| EntryKeys {
-            subject: &e.entry.subject,
-            actor: &e.entry.actor,
-            idempotency_key: &e.entry.idempotency_key,
-        });
+        let postings = match unpublished.staged {
+            Some(postings) => postings,
+            None => {
+                // Dense records before the size moves: a reader that sees
+                // the new size finds them.
+                files
+                    .index
+                    .dense
+                    .add(
+                        batch.first_seq,
+                        &dense_records(batch, &unpublished),
+                        &batch.nodes,
+                    )
+                    .map_err(|e| st.refuse_index("index", e))?;
+                Postings::hash(batch.first_seq, entry_keys(batch))
+            }
+        };
         files
             .postings
-            .add(batch.first_seq, keys)
+            .add_hashed(batch.first_seq, n, &postings)
             .map_err(|e| st.refuse_index("postings", e))?;
         // The checkpoint too, then the size the indexer may mark as indexed
         // once it has synced the files.
@@ -1047,6 +1120,7 @@ impl Store for EmbeddedStore {
             .map_err(|e| st.refuse_index("checkpoint index", e))?;
         files.progress.0.lock().expect("progress lock").keyed_size = end;
         st.size += n;
+        files.published.store(st.size, Ordering::Release);
         Ok(())
     }
 
@@ -1198,6 +1272,12 @@ impl Store for EmbeddedStore {
 
     fn node(&self, log: &str, id: NodeId) -> Result<Hash, NodeReadError> {
         match self.log(log) {
+            // Only nodes of the published tree: the nodes of a batch
+            // staged ahead of its sync could still be replaced.
+            Ok(f) if id.end_leaf() > f.published.load(Ordering::Acquire) => Err(NodeReadError {
+                id,
+                reason: "node not indexed".into(),
+            }),
             Ok(f) => f.index.dense.node(id),
             Err(e) => Err(NodeReadError {
                 id,
@@ -1495,6 +1575,7 @@ impl EmbeddedStore {
             }),
             postings,
             progress,
+            published: AtomicU64::new(size),
             relocating: RwLock::new(()),
             rewriting: Mutex::new(()),
             indexer: Mutex::new(Some(tx)),

@@ -312,6 +312,16 @@ pub trait Store: Send + Sync + 'static {
         8
     }
 
+    /// Work [`Store::publish`] would do for a batch written by
+    /// [`Store::write_unsynced`], done ahead while the batch syncs, on
+    /// another thread than the sync: nothing of it becomes visible to
+    /// readers before `publish`. Best effort: `publish` does whatever
+    /// `stage` did not (it was not called, or failed), and reports its
+    /// errors. Called at most once per batch, before its `publish`.
+    fn stage(&self, log: &str, batch: &Batch) {
+        let _ = (log, batch);
+    }
+
     /// The second half of a pipelined append: makes the oldest batch
     /// written by [`Store::write_unsynced`] and not yet published visible,
     /// given the outcome of a sync point run after it was written. A failed

@@ -579,6 +579,38 @@ impl Postings {
         first_seq: u64,
         entries: impl ExactSizeIterator<Item = EntryKeys<'a>>,
     ) -> Result<(), StoreError> {
+        let n = entries.len() as u64;
+        self.add_hashed(first_seq, n, &Postings::hash(first_seq, entries))
+    }
+
+    /// The postings of entries `first_seq..` (their keys hashed), sorted,
+    /// for [`Postings::add_hashed`]: the hashing needs no lock, so a
+    /// writer can do it before its entries are durable.
+    #[must_use]
+    pub fn hash<'a>(
+        first_seq: u64,
+        entries: impl Iterator<Item = EntryKeys<'a>>,
+    ) -> Vec<(u64, u64)> {
+        let mut postings = Vec::new();
+        for (i, k) in entries.enumerate() {
+            postings_of(first_seq + i as u64, k, |p| postings.push(p));
+        }
+        // In memtable order: neighbouring inserts touch the same nodes.
+        postings.sort_unstable();
+        postings
+    }
+
+    /// Adds the postings of the `n` entries `first_seq..`, hashed by
+    /// [`Postings::hash`] (with the same `first_seq`), as [`Postings::add`].
+    ///
+    /// # Errors
+    /// A gap, or a failed compactor.
+    pub fn add_hashed(
+        &self,
+        first_seq: u64,
+        n: u64,
+        postings: &[(u64, u64)],
+    ) -> Result<(), StoreError> {
         let mut st = self.shared.state.lock().expect("postings lock");
         if let Some(f) = &st.failed {
             return Err(StoreError::Index(format!("postings: {f}")));
@@ -589,15 +621,9 @@ impl Postings {
                 st.mem_end
             )));
         }
-        let n = entries.len() as u64;
-        for (i, k) in entries.enumerate() {
-            let seq = first_seq + i as u64;
-            if seq >= st.mem_end {
-                postings_of(seq, k, |p| {
-                    st.mem.insert(p);
-                });
-            }
-        }
+        let covered = st.mem_end;
+        st.mem
+            .extend(postings.iter().filter(|&&(_, seq)| seq >= covered));
         st.mem_end = st.mem_end.max(first_seq + n);
         if st.mem_end - st.mem_first >= RUN_ENTRIES {
             st.freeze();
