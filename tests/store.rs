@@ -1431,7 +1431,22 @@ fn staged_batches_stay_invisible_and_publish_what_unstaged_ones_do() {
     let published = reader_view(&plain, &batches);
     assert_ne!(published, nothing_yet);
     assert_eq!(reader_view(&staged, &batches), published);
-    drop((staged, plain));
+    // Staged too late (the engine stages while the syncer publishes): a
+    // batch staged after its publish, or half staged when published.
+    let late_dir = tempfile::tempdir().unwrap();
+    let (late, _) = open(late_dir.path());
+    for (i, b) in batches.iter().enumerate() {
+        let point = late.write_unsynced("orders", b).unwrap().unwrap();
+        if i % 2 == 1 {
+            late.stage("orders", b);
+        }
+        point.sync().unwrap();
+        late.publish("orders", b, Ok(())).unwrap();
+        late.stage("orders", b);
+    }
+    assert_eq!(reader_view(&late, &batches), published);
+    drop((staged, plain, late));
+    assert_verifies(late_dir.path());
     assert_verifies(staged_dir.path());
     // And after a restart, from the indexes the staging wrote.
     let (staged, _) = open(staged_dir.path());
@@ -1506,4 +1521,57 @@ fn a_staged_batch_lost_in_a_crash_leaves_nothing_in_the_indexes() {
     let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
     store.open_log(&spec, 1_000).unwrap();
     assert_eq!(reader_view(&store, &all), view);
+}
+
+#[test]
+fn staging_while_the_same_batches_publish_changes_no_answer() {
+    let spec = auditlog::store::LogSpec {
+        name: "orders".into(),
+        origin: "audit.example.com/orders".into(),
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let stores: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let store = auditlog::store::embedded::EmbeddedStore::open(d.path()).unwrap();
+            store.open_log(&spec, 1_000).unwrap();
+            store
+        })
+        .collect();
+    let head = stores[0].open_log(&spec, 1_000).unwrap();
+    let s0 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
+    let batches = varied_batches(&s0, 200, "r");
+    let (racing, plain) = (&stores[0], &stores[1]);
+    // Writes and publishes on one thread, stages the same batches on
+    // another, as the log thread and the syncer do.
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in rx {
+                racing.stage("orders", &batches[i]);
+            }
+        });
+        let mut points = std::collections::VecDeque::new();
+        for (i, b) in batches.iter().enumerate() {
+            points.push_back((i, racing.write_unsynced("orders", b).unwrap().unwrap()));
+            tx.send(i).unwrap();
+            if i % 3 == 2 {
+                while let Some((j, point)) = points.pop_front() {
+                    point.sync().unwrap();
+                    racing.publish("orders", &batches[j], Ok(())).unwrap();
+                }
+            }
+        }
+        for (j, point) in points {
+            point.sync().unwrap();
+            racing.publish("orders", &batches[j], Ok(())).unwrap();
+        }
+        drop(tx);
+    });
+    for b in &batches {
+        plain.append("orders", b).unwrap();
+    }
+    assert_eq!(reader_view(racing, &batches), reader_view(plain, &batches));
+    drop(stores);
+    assert_verifies(dirs[0].path());
 }

@@ -317,7 +317,9 @@ pub trait Store: Send + Sync + 'static {
     /// another thread than the sync: nothing of it becomes visible to
     /// readers before `publish`. Best effort: `publish` does whatever
     /// `stage` did not (it was not called, or failed), and reports its
-    /// errors. Called at most once per batch, before its `publish`.
+    /// errors. The engine calls it at most once per batch, before its
+    /// `publish`; a call after the `publish`, or during it, changes no
+    /// answer (the embedded store's tests hold it to this).
     fn stage(&self, log: &str, batch: &Batch) {
         let _ = (log, batch);
     }
