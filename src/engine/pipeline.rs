@@ -213,14 +213,14 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
-            // After a failure the store refuses every later batch (they
-            // chain on the failed one), so they fail here too.
             // The proofs first: they arrive once the log thread staged the
             // batch too.
             let proofs = job
                 .proofs
                 .recv()
                 .unwrap_or_else(|_| Err("the log thread stopped".into()));
+            // After a failure the store refuses every later batch (they
+            // chain on the failed one), so they fail here too.
             match target.store.publish(&target.log, &job.batch, synced) {
                 Ok(()) => {
                     failures.succeeded(&target.log);
