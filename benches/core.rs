@@ -218,6 +218,20 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
+/// One appender's request of 256 entries of 1 KiB.
+fn request_256() -> Vec<auditlog::engine::input::EntryInput> {
+    (0..256)
+        .map(|i| auditlog::engine::input::EntryInput {
+            subject: format!("order:{i}"),
+            actor: "buyer:42".into(),
+            kind: "prompt".into(),
+            content_type: "text/plain".into(),
+            payload: vec![i as u8; 1024],
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// A request of 256 entries of 1 KiB, as one appender's batch: `prepare`
 /// (validation, salts, commitments) next to the commitments of the same
 /// payloads one at a time (the baseline) and lined up for SIMD with
@@ -226,17 +240,8 @@ fn metrics(c: &mut Criterion) {
 /// again on 2026-12-06: 673 us against 364 us on the 2-core VM, so it was
 /// not kept.)
 fn prepare_request(c: &mut Criterion) {
-    use auditlog::engine::input::{prepare, EntryInput, Limits};
-    let request: Vec<EntryInput> = (0..256)
-        .map(|i| EntryInput {
-            subject: format!("order:{i}"),
-            actor: "buyer:42".into(),
-            kind: "prompt".into(),
-            content_type: "text/plain".into(),
-            payload: vec![i as u8; 1024],
-            ..Default::default()
-        })
-        .collect();
+    use auditlog::engine::input::{prepare, Limits};
+    let request = request_256();
     let salt = Salt([9; 32]);
     let limits = Limits::default();
     let mut g = c.benchmark_group("prepare_256x1KiB");
@@ -269,20 +274,10 @@ fn prepare_request(c: &mut Criterion) {
 /// next to the least a hash-chained Merkle log must do per entry: encode,
 /// leaf hash, one tree append (the baseline).
 fn sequence_request(c: &mut Criterion) {
-    use auditlog::engine::input::{prepare, EntryInput, Limits};
+    use auditlog::engine::input::{prepare, Limits};
     use auditlog::engine::sequencer::Sequencer;
     use auditlog::store::{LogHead, OpenSegment};
-    let request: Vec<EntryInput> = (0..256)
-        .map(|i| EntryInput {
-            subject: format!("order:{}", i % 7),
-            actor: "buyer:42".into(),
-            kind: "prompt".into(),
-            content_type: "text/plain".into(),
-            payload: vec![i as u8; 1024],
-            ..Default::default()
-        })
-        .collect();
-    let prepared = prepare(&Limits::default(), request, |s| *s = [9; 32]).unwrap();
+    let prepared = prepare(&Limits::default(), request_256(), |s| *s = [9; 32]).unwrap();
     let head = LogHead {
         size: 0,
         prev_leaf: Hash::ZERO,

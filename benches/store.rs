@@ -17,9 +17,10 @@
 //! machines are shared and noisy: only ratios measured in one run are
 //! comparable. The disk of a shared machine also changes speed over tens
 //! of seconds, so the raw file baseline and the engine alternate in rounds
-//! (raw, engine, raw at the engine's entries per sync, then again): each
-//! ratio pools the rounds, and `rounds` shows the lowest and highest
-//! round's ratio against the raw file.
+//! (raw, engine, raw at the engine's entries per sync, then again; for
+//! many single-entry appenders, one appender too, between raw and engine):
+//! each ratio pools the rounds, and `rounds` shows the lowest and highest
+//! round's ratio against the raw file (and against one appender).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -300,8 +301,7 @@ fn main() {
             (same.0, same.1) = (same.0 + s.0, same.1 + s.1);
         }
         let (file, same) = (file.0 / file.1, same.0 / same.1);
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        let (lo, hi) = spread(&ratios);
         println!(
             "{:<28} {:>10.0} {:>10.0} {:>10.0} {:>7.0}% {:>9.0} {:>8.0}% {:>8.0} {:>8.0} {:>9}",
             format!("batch {batch} x {appenders} appenders"),
@@ -316,8 +316,7 @@ fn main() {
             format!("{:.0}-{:.0}%", 100.0 * lo, 100.0 * hi)
         );
         if group {
-            let lo = gains.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = gains.iter().copied().fold(0.0, f64::max);
+            let (lo, hi) = spread(&gains);
             println!(
                 "{:<28} {:>10.1}x one appender in the same rounds ({:.0}/s; rounds {lo:.1}-{hi:.1}x)",
                 "",
@@ -331,6 +330,13 @@ fn main() {
          request's batch size; vs same: at the engine's mean entries per sync; \
          rounds: lowest and highest round's ratio against the raw file"
     );
+}
+
+/// The lowest and the highest of `ratios`.
+fn spread(ratios: &[f64]) -> (f64, f64) {
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    (lo, hi)
 }
 
 fn bench_cases() -> Vec<(usize, usize)> {

@@ -1280,16 +1280,28 @@ fn sequenced_inputs(
     (batch, after)
 }
 
-#[test]
-fn the_store_publishes_written_batches_in_order_and_seals_nothing_unpublished() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+/// The embedded store in `dir` with the `orders` log opened, and the
+/// sequencer at its durable head.
+fn open_orders_store(
+    dir: &std::path::Path,
+) -> (
+    auditlog::store::embedded::EmbeddedStore,
+    auditlog::engine::sequencer::Sequencer,
+) {
     let spec = auditlog::store::LogSpec {
         name: "orders".into(),
         origin: "audit.example.com/orders".into(),
     };
+    let store = auditlog::store::embedded::EmbeddedStore::open(dir).unwrap();
     let head = store.open_log(&spec, 1_000).unwrap();
     let s0 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
+    (store, s0)
+}
+
+#[test]
+fn the_store_publishes_written_batches_in_order_and_seals_nothing_unpublished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, s0) = open_orders_store(dir.path());
     let (b1, s1) = sequenced(&s0, "a");
     let (b2, s2) = sequenced(&s1, "b");
     let p1 = store.write_unsynced("orders", &b1).unwrap().unwrap();
@@ -1390,19 +1402,9 @@ fn reader_view(store: &dyn Store, batches: &[auditlog::store::Batch]) -> Vec<Str
 
 #[test]
 fn staged_batches_stay_invisible_and_publish_what_unstaged_ones_do() {
-    let spec = auditlog::store::LogSpec {
-        name: "orders".into(),
-        origin: "audit.example.com/orders".into(),
-    };
-    let open = |dir: &std::path::Path| {
-        let store = auditlog::store::embedded::EmbeddedStore::open(dir).unwrap();
-        let head = store.open_log(&spec, 1_000).unwrap();
-        let s0 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
-        (store, s0)
-    };
     let (staged_dir, plain_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (staged, s0) = open(staged_dir.path());
-    let (plain, _) = open(plain_dir.path());
+    let (staged, s0) = open_orders_store(staged_dir.path());
+    let (plain, _) = open_orders_store(plain_dir.path());
     let batches = varied_batches(&s0, 5, "x");
     let nothing_yet = reader_view(&plain, &batches);
     // Staged: every batch written and staged before any is published, as
@@ -1431,10 +1433,10 @@ fn staged_batches_stay_invisible_and_publish_what_unstaged_ones_do() {
     let published = reader_view(&plain, &batches);
     assert_ne!(published, nothing_yet);
     assert_eq!(reader_view(&staged, &batches), published);
-    // Staged too late (the engine stages while the syncer publishes): a
-    // batch staged after its publish, or half staged when published.
+    // Staged late: every batch once more after its publish, every other
+    // one before it as well.
     let late_dir = tempfile::tempdir().unwrap();
-    let (late, _) = open(late_dir.path());
+    let (late, _) = open_orders_store(late_dir.path());
     for (i, b) in batches.iter().enumerate() {
         let point = late.write_unsynced("orders", b).unwrap().unwrap();
         if i % 2 == 1 {
@@ -1449,20 +1451,14 @@ fn staged_batches_stay_invisible_and_publish_what_unstaged_ones_do() {
     assert_verifies(late_dir.path());
     assert_verifies(staged_dir.path());
     // And after a restart, from the indexes the staging wrote.
-    let (staged, _) = open(staged_dir.path());
+    let (staged, _) = open_orders_store(staged_dir.path());
     assert_eq!(reader_view(&staged, &batches), published);
 }
 
 #[test]
 fn a_staged_batch_lost_in_a_crash_leaves_nothing_in_the_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = auditlog::store::LogSpec {
-        name: "orders".into(),
-        origin: "audit.example.com/orders".into(),
-    };
-    let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    let head = store.open_log(&spec, 1_000).unwrap();
-    let s0 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
+    let (store, s0) = open_orders_store(dir.path());
     let first = varied_batches(&s0, 2, "a");
     for b in &first {
         store.append("orders", b).unwrap();
@@ -1477,9 +1473,7 @@ fn a_staged_batch_lost_in_a_crash_leaves_nothing_in_the_indexes() {
     // The state after the durable batches, from the store.
     let log_dir = store.log_dir("orders");
     drop(store);
-    let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    let head = store.open_log(&spec, 1_000).unwrap();
-    let s1 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
+    let (store, s1) = open_orders_store(dir.path());
     // A batch written and staged (index records and nodes written beyond
     // the published size), then the process dies before its sync: the
     // disk kept none of its records.
@@ -1495,8 +1489,7 @@ fn a_staged_batch_lost_in_a_crash_leaves_nothing_in_the_indexes() {
         .set_len(durable)
         .unwrap();
     // Another batch takes its seqs.
-    let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    store.open_log(&spec, 1_000).unwrap();
+    let (store, _) = open_orders_store(dir.path());
     let again = varied_batches(&s1, 1, "again");
     store.append("orders", &again[0]).unwrap();
     let lost_entry = &lost[0].entries[0].entry;
@@ -1518,30 +1511,17 @@ fn a_staged_batch_lost_in_a_crash_leaves_nothing_in_the_indexes() {
     assert_verifies(dir.path());
     // The same answers from indexes rebuilt from the segments alone.
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
-    let store = auditlog::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    store.open_log(&spec, 1_000).unwrap();
+    let (store, _) = open_orders_store(dir.path());
     assert_eq!(reader_view(&store, &all), view);
 }
 
 #[test]
 fn staging_while_the_same_batches_publish_changes_no_answer() {
-    let spec = auditlog::store::LogSpec {
-        name: "orders".into(),
-        origin: "audit.example.com/orders".into(),
-    };
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let stores: Vec<_> = dirs
-        .iter()
-        .map(|d| {
-            let store = auditlog::store::embedded::EmbeddedStore::open(d.path()).unwrap();
-            store.open_log(&spec, 1_000).unwrap();
-            store
-        })
-        .collect();
-    let head = stores[0].open_log(&spec, 1_000).unwrap();
-    let s0 = auditlog::engine::sequencer::Sequencer::from_head(&spec.origin, &head);
+    let (racing_store, s0) = open_orders_store(dirs[0].path());
+    let (plain_store, _) = open_orders_store(dirs[1].path());
     let batches = varied_batches(&s0, 200, "r");
-    let (racing, plain) = (&stores[0], &stores[1]);
+    let (racing, plain) = (&racing_store, &plain_store);
     // Writes and publishes on one thread, stages the same batches on
     // another, as the log thread and the syncer do.
     let (tx, rx) = std::sync::mpsc::channel::<usize>();
@@ -1572,6 +1552,6 @@ fn staging_while_the_same_batches_publish_changes_no_answer() {
         plain.append("orders", b).unwrap();
     }
     assert_eq!(reader_view(racing, &batches), reader_view(plain, &batches));
-    drop(stores);
+    drop((racing_store, plain_store));
     assert_verifies(dirs[0].path());
 }
