@@ -782,6 +782,13 @@ struct Hooked {
     publishes: std::sync::atomic::AtomicU64,
     /// Open: syncs proceed (`true`) or fail (`false`); `None`: they wait.
     gate: Arc<(std::sync::Mutex<Option<bool>>, std::sync::Condvar)>,
+    /// First seq of each batch staged, in the order their staging ended.
+    staged: std::sync::Mutex<Vec<u64>>,
+    /// Staging of a batch of 100 entries or more takes 30 ms longer.
+    slow_stages: std::sync::atomic::AtomicBool,
+    /// Batches published (or failed at publish) with no staging ended
+    /// before: the pipeline promises none.
+    unstaged_publishes: std::sync::atomic::AtomicU64,
 }
 
 impl Hooked {
@@ -867,7 +874,12 @@ impl Store for Hooked {
         })))
     }
     fn stage(&self, log: &str, batch: &auditlog::store::Batch) {
+        if batch.entries.len() >= 100 && self.slow_stages.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            thread::sleep(std::time::Duration::from_millis(30));
+        }
         self.inner().stage(log, batch);
+        self.staged.lock().unwrap().push(batch.first_seq);
     }
     fn publish(
         &self,
@@ -875,6 +887,10 @@ impl Store for Hooked {
         batch: &auditlog::store::Batch,
         synced: std::io::Result<()>,
     ) -> Result<(), auditlog::store::StoreError> {
+        if !self.staged.lock().unwrap().contains(&batch.first_seq) {
+            self.unstaged_publishes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         if synced.is_ok() {
             self.publishes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1126,6 +1142,133 @@ fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
         .append_blocking("orders", vec![input("order:4", "d")])
         .unwrap();
     check_receipts(&next, "audit.example.com/orders");
+    f.close();
+    assert_verifies(dir.path());
+}
+
+/// `n` one-entry inputs for `subject`.
+fn inputs(subject: &str, tag: &str, n: usize) -> Vec<auditlog::engine::input::EntryInput> {
+    (0..n)
+        .map(|i| input(subject, &format!("{tag}{i}")))
+        .collect()
+}
+
+#[test]
+fn large_and_small_batches_are_staged_in_order_and_before_they_publish() {
+    // Large batches are staged and proven on the finisher thread, small
+    // ones on the log thread when the finisher is idle: either way in the
+    // order of their seqs, each before its publish.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    // Slow enough that the small batches behind arrive while it goes on.
+    store
+        .slow_stages
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let sizes = [300, 1, 1, 200, 1, 150, 2];
+    let mut waiting = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        waiting.push(append_in_background(
+            &engine,
+            inputs("order:1", &format!("b{i}-"), *n),
+        ));
+        store.wait_writes(i as u64 + 1);
+    }
+    store.open_gate(true);
+    let mut first = 0;
+    for (w, n) in waiting.into_iter().zip(sizes) {
+        let out = w.join().unwrap().unwrap();
+        check_receipts(&out, "audit.example.com/orders");
+        let seqs: Vec<u64> = out.receipts.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (first..first + n as u64).collect::<Vec<_>>());
+        first += n as u64;
+    }
+    let mut starts = vec![0u64];
+    for n in &sizes[..sizes.len() - 1] {
+        starts.push(starts.last().unwrap() + *n as u64);
+    }
+    assert_eq!(*store.staged.lock().unwrap(), starts);
+    assert_eq!(
+        store
+            .unstaged_publishes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // Every entry reads back as acknowledged, and so after a restart.
+    let total = first;
+    assert_eq!(engine.tree_size("orders"), total);
+    engine.shutdown();
+    drop(engine);
+    drop(store);
+    let f = open(dir.path(), vec![orders()], ManualClock::at(2_000));
+    assert_eq!(f.engine.tree_size("orders"), total);
+    f.close();
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn a_failed_sync_of_large_batches_leaves_nothing_of_them_behind() {
+    // The finisher may still stage a failed batch when the log thread
+    // learns of the failure: the batches written after the restart at the
+    // same seqs must not be mixed with it.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    store.open_gate(true);
+    let kept = engine
+        .append_blocking("orders", inputs("order:0", "kept", 200))
+        .unwrap();
+    *store.gate.0.lock().unwrap() = None;
+    let a = append_in_background(&engine, inputs("order:1", "a", 300));
+    store.wait_writes(2);
+    let b = append_in_background(&engine, inputs("order:2", "b", 150));
+    store.wait_writes(3);
+    store.open_gate(false);
+    for r in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(matches!(r, Err(AppendError::Unavailable(_))), "{r:?}");
+    }
+    assert_eq!(engine.tree_size("orders"), 200);
+    assert_eq!(
+        store
+            .unstaged_publishes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    engine.shutdown();
+    drop(engine);
+    drop(store);
+    // After a restart the failed batches are there whole or not at all
+    // (written, never acknowledged: as after a crash that kept them), and
+    // the indexes say exactly what the entries say.
+    let f = open(dir.path(), vec![orders()], ManualClock::at(2_000));
+    for r in &kept.receipts {
+        let (stored, _, _) = f.engine.entry("orders", r.seq, 0).unwrap();
+        assert_eq!(stored.leaf_hash, r.leaf_hash);
+    }
+    let size = f.engine.tree_size("orders");
+    assert!([200, 500, 650].contains(&size), "{size}");
+    let next = f
+        .engine
+        .append_blocking("orders", inputs("order:4", "d", 250))
+        .unwrap();
+    check_receipts(&next, "audit.example.com/orders");
+    assert_eq!(next.receipts[0].seq, size);
+    let mut by_subject: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for seq in 0..size + 250 {
+        let (stored, _, _) = f.engine.entry("orders", seq, 0).unwrap();
+        by_subject
+            .entry(stored.entry.subject)
+            .or_default()
+            .push(seq);
+    }
+    for subject in ["order:0", "order:1", "order:2", "order:4"] {
+        let indexed = f
+            .engine
+            .store()
+            .seqs_by_subject("orders", subject, 0, 10_000)
+            .unwrap();
+        let read = by_subject.remove(subject).unwrap_or_default();
+        assert_eq!(indexed, read, "{subject}");
+    }
+    assert!(by_subject.is_empty(), "{by_subject:?}");
     f.close();
     assert_verifies(dir.path());
 }

@@ -1499,14 +1499,19 @@ impl Worker {
                                 next,
                                 started,
                             );
-                            // The syncer publishes the batch once its proofs
-                            // arrive: staging ends before.
-                            self.store.stage(&log, &batch);
-                            drop(batch);
-                            let proofs = prove(seqs, size, &new_nodes)
-                                .map_err(|e| format!("building proofs: {e}"));
-                            // (Gone only if the syncer failed the batch already.)
-                            let _ = proofs_tx.send(proofs);
+                            // Staged and proven behind every earlier batch
+                            // (on the finisher thread when large); the
+                            // syncer publishes it once its proofs arrive,
+                            // so after its staging ended.
+                            let finish = pipeline::Finish {
+                                batch,
+                                seqs,
+                                size,
+                                new_nodes,
+                                frontier,
+                                proofs: proofs_tx,
+                            };
+                            self.syncer.as_ref().expect("started").finish(finish);
                             self.seal_if_full();
                             return;
                         }
