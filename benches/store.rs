@@ -21,6 +21,12 @@
 //! many single-entry appenders, one appender too, between raw and engine):
 //! each ratio pools the rounds, and `rounds` shows the lowest and highest
 //! round's ratio against the raw file (and against one appender).
+//!
+//! Under each case a line splits the time per sync: the engine's mean
+//! `fdatasync` (from its metrics) and the wall time outside it, next to the
+//! raw file's at the engine's entries per sync (there, the time outside is
+//! the `write`): the first pair says how much of the gap is the disk, the
+//! second how much is the engine's own work between syncs.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,20 +59,49 @@ fn rounds() -> u32 {
         .max(1)
 }
 
-/// Raw file appends + `fdatasync` of `batch` records for `time`: entries
-/// written and the seconds taken.
-fn raw_file_for(batch: usize, time: Duration) -> (f64, f64) {
+/// Raw file appends + `fdatasync` of `batch` records for `time`.
+#[derive(Clone, Copy, Default)]
+struct Raw {
+    entries: f64,
+    seconds: f64,
+    /// Seconds inside `fdatasync`.
+    sync_seconds: f64,
+    syncs: f64,
+}
+
+impl Raw {
+    fn add(&mut self, o: Raw) {
+        self.entries += o.entries;
+        self.seconds += o.seconds;
+        self.sync_seconds += o.sync_seconds;
+        self.syncs += o.syncs;
+    }
+
+    fn rate(&self) -> f64 {
+        self.entries / self.seconds
+    }
+}
+
+fn raw_file_for(batch: usize, time: Duration) -> Raw {
     let dir = tempfile::tempdir().unwrap();
     let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
     let buf = vec![0x5au8; RECORD * batch];
     let start = Instant::now();
-    let mut n = 0u64;
+    let (mut n, mut syncs, mut in_sync) = (0u64, 0u64, Duration::ZERO);
     while start.elapsed() < time {
         f.write_all(&buf).unwrap();
+        let t = Instant::now();
         f.sync_data().unwrap();
+        in_sync += t.elapsed();
         n += batch as u64;
+        syncs += 1;
     }
-    (n as f64, start.elapsed().as_secs_f64())
+    Raw {
+        entries: n as f64,
+        seconds: start.elapsed().as_secs_f64(),
+        sync_seconds: in_sync.as_secs_f64(),
+        syncs: syncs as f64,
+    }
 }
 
 fn raw_sled(batch: usize) -> f64 {
@@ -94,6 +129,8 @@ struct EngineRun {
     seconds: f64,
     /// Segment `fdatasync`s.
     syncs: f64,
+    /// Seconds inside them.
+    sync_seconds: f64,
     /// Every request's latency.
     latencies_us: Vec<f64>,
 }
@@ -103,6 +140,7 @@ impl EngineRun {
         self.entries += o.entries;
         self.seconds += o.seconds;
         self.syncs += o.syncs;
+        self.sync_seconds += o.sync_seconds;
         self.latencies_us.extend(o.latencies_us);
     }
 
@@ -123,14 +161,21 @@ impl EngineRun {
     }
 }
 
-/// Segment `fdatasync`s so far in this process, from the engine's metrics.
-fn segment_syncs() -> f64 {
-    auditlog::metrics::global()
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix("auditlog_fsync_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+/// Segment `fdatasync`s so far in this process and the seconds inside
+/// them, from the engine's metrics.
+fn segment_syncs() -> (f64, f64) {
+    let metrics = auditlog::metrics::global().encode();
+    let read = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        read("auditlog_fsync_seconds_count "),
+        read("auditlog_fsync_seconds_sum "),
+    )
 }
 
 fn engine(batch: usize, appenders: usize, time: Duration) -> EngineRun {
@@ -211,7 +256,8 @@ fn engine(batch: usize, appenders: usize, time: Duration) -> EngineRun {
     });
     let appended = count.load(Ordering::Relaxed) as f64;
     let seconds = start.elapsed().as_secs_f64();
-    let syncs = segment_syncs() - syncs_before;
+    let (syncs, sync_seconds) = segment_syncs();
+    let (syncs, sync_seconds) = (syncs - syncs_before.0, sync_seconds - syncs_before.1);
     let lat = latencies.lock().unwrap().clone();
     if std::env::var_os("AUDITLOG_BENCH_DEBUG").is_some() {
         let total: f64 = lat.iter().sum();
@@ -239,6 +285,7 @@ fn engine(batch: usize, appenders: usize, time: Duration) -> EngineRun {
         entries: appended,
         seconds,
         syncs,
+        sync_seconds,
         latencies_us: lat,
     }
 }
@@ -271,7 +318,7 @@ fn main() {
     for (batch, appenders) in bench_cases() {
         let sled = raw_sled(batch);
         let mut e = EngineRun::default();
-        let (mut file, mut same) = ((0.0, 0.0), (0.0, 0.0));
+        let (mut file, mut same) = (Raw::default(), Raw::default());
         let mut ratios = Vec::new();
         // Single-entry appenders are compared with one appender measured
         // in the same rounds: a fast disk speeds one appender up far more
@@ -295,12 +342,13 @@ fn main() {
             } else {
                 f
             };
-            ratios.push(r.rate() / (f.0 / f.1));
+            ratios.push(r.rate() / f.rate());
             e.add(r);
-            (file.0, file.1) = (file.0 + f.0, file.1 + f.1);
-            (same.0, same.1) = (same.0 + s.0, same.1 + s.1);
+            file.add(f);
+            same.add(s);
         }
-        let (file, same) = (file.0 / file.1, same.0 / same.1);
+        let raw_same = same;
+        let (file, same) = (file.rate(), same.rate());
         let (lo, hi) = spread(&ratios);
         println!(
             "{:<28} {:>10.0} {:>10.0} {:>10.0} {:>7.0}% {:>9.0} {:>8.0}% {:>8.0} {:>8.0} {:>9}",
@@ -314,6 +362,17 @@ fn main() {
             e.percentile(0.50),
             e.percentile(0.99),
             format!("{:.0}-{:.0}%", 100.0 * lo, 100.0 * hi)
+        );
+        // How much of the gap is the disk: the engine's mean fdatasync
+        // next to the raw file's at the engine's entries per sync.
+        println!(
+            "{:<28} per sync: fdatasync {:.0} us and {:.0} us of wall time outside it \
+             (raw file at the same entries per sync: {:.0} us and {:.0} us)",
+            "",
+            1e6 * e.sync_seconds / e.syncs.max(1.0),
+            1e6 * (e.seconds - e.sync_seconds) / e.syncs.max(1.0),
+            1e6 * raw_same.sync_seconds / raw_same.syncs.max(1.0),
+            1e6 * (raw_same.seconds - raw_same.sync_seconds) / raw_same.syncs.max(1.0),
         );
         if group {
             let (lo, hi) = spread(&gains);
