@@ -1,13 +1,16 @@
-//! The second stage of a log's pipelined group commit, on its own thread:
-//! make written batches durable, publish them, answer their requests.
+//! The second stage of a log's pipelined group commit, on two threads of
+//! its own: make written batches durable, publish them, answer their
+//! requests; and meanwhile stage them and prove their receipts.
 //!
 //! ```text
-//!  log thread:    plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ Job ─▶ stage, proofs ─┐
-//!                 (batch N+1 is prepared and written while batch N syncs)  │             │
-//!                                                                          ▼             ▼
-//!  syncer thread: take every queued job ─▶ one fdatasync for all ─▶ for each, in order,
-//!                 once its proofs have arrived: publish (index, then the readers'
-//!                 size) ─▶ answer each request
+//!  log thread:      plan ─▶ sequence ─▶ sign ─▶ write (no sync) ─▶ Job ─▶ Finish ─┐
+//!                   (batch N+1 is prepared and written while batch N syncs) │       │
+//!                                                                           │       ▼
+//!  finisher thread: (or the log thread, for a small batch when it is idle)  │  stage, proofs
+//!                                                                           ▼       │
+//!  syncer thread:   take every queued job ─▶ one fdatasync for all ─▶ for each, in order,
+//!                   once its proofs have arrived: publish (index, then the readers'
+//!                   size) ─▶ answer each request
 //! ```
 //!
 //! A job goes to the syncer as soon as its batch is written, so the sync
@@ -327,7 +330,7 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
             let proofs = job
                 .proofs
                 .recv()
-                .unwrap_or_else(|_| Err("the log thread stopped".into()));
+                .unwrap_or_else(|_| Err("the thread proving the batch stopped".into()));
             // After a failure the store refuses every later batch (they
             // chain on the failed one), so they fail here too.
             match target.store.publish(&target.log, &job.batch, synced) {
