@@ -15,8 +15,8 @@ use auditlog::core::commit::commit_payloads;
 use auditlog::core::entry::{commit_payload, Entry, Salt};
 use auditlog::core::hash::{Blake3, Hash, TreeHasher};
 use auditlog::core::merkle::{
-    consistency_proof, inclusion_proof, root_at, verify_consistency, verify_inclusion,
-    CompactRange, MemoryTree,
+    consistency_proof, inclusion_proof, inclusion_proofs, root_at, verify_consistency,
+    verify_inclusion, CompactRange, MemoryTree,
 };
 use auditlog::core::note::SignerKey;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -142,6 +142,16 @@ fn merkle(c: &mut Criterion) {
             black_box(inclusion_proof::<Blake3>(&tree, i, size).unwrap())
         })
     });
+    // What the finisher does for a 256-entry batch at the tree's end: its
+    // receipts' proofs in one pass (per proof, next to `inclusion_proof`).
+    g.throughput(Throughput::Elements(256));
+    g.bench_function("inclusion_proofs_of_last_256", |b| {
+        b.iter(|| {
+            let proofs = inclusion_proofs::<Blake3>(&tree, size - 256..size, size).unwrap();
+            black_box(proofs)
+        })
+    });
+    g.throughput(Throughput::Elements(1));
     let proof = inclusion_proof::<Blake3>(&tree, 123_456, size).unwrap();
     g.bench_function("verify_inclusion", |b| {
         b.iter(|| {
