@@ -59,30 +59,46 @@ fn rounds() -> u32 {
         .max(1)
 }
 
-/// Raw file appends + `fdatasync` of `batch` records for `time`.
+/// Entries made durable in some time by some `fdatasync`s: one run of the
+/// raw file baseline or of the engine, or several pooled.
 #[derive(Clone, Copy, Default)]
-struct Raw {
+struct Totals {
     entries: f64,
     seconds: f64,
-    /// Seconds inside `fdatasync`.
-    sync_seconds: f64,
     syncs: f64,
+    /// Seconds inside the `fdatasync`s.
+    sync_seconds: f64,
 }
 
-impl Raw {
-    fn add(&mut self, o: Raw) {
+impl Totals {
+    fn add(&mut self, o: Totals) {
         self.entries += o.entries;
         self.seconds += o.seconds;
-        self.sync_seconds += o.sync_seconds;
         self.syncs += o.syncs;
+        self.sync_seconds += o.sync_seconds;
     }
 
     fn rate(&self) -> f64 {
         self.entries / self.seconds
     }
+
+    /// Mean entries made durable by one `fdatasync`.
+    fn per_sync(&self) -> f64 {
+        self.entries / self.syncs.max(1.0)
+    }
+
+    /// Microseconds per sync inside the `fdatasync` and outside it.
+    fn sync_split_us(&self) -> (f64, f64) {
+        let syncs = self.syncs.max(1.0);
+        (
+            1e6 * self.sync_seconds / syncs,
+            1e6 * (self.seconds - self.sync_seconds) / syncs,
+        )
+    }
 }
 
-fn raw_file_for(batch: usize, time: Duration) -> Raw {
+/// Raw file appends + `fdatasync` of `batch` records for `time`.
+fn raw_file_for(batch: usize, time: Duration) -> Totals {
     let dir = tempfile::tempdir().unwrap();
     let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
     let buf = vec![0x5au8; RECORD * batch];
@@ -96,11 +112,11 @@ fn raw_file_for(batch: usize, time: Duration) -> Raw {
         n += batch as u64;
         syncs += 1;
     }
-    Raw {
+    Totals {
         entries: n as f64,
         seconds: start.elapsed().as_secs_f64(),
-        sync_seconds: in_sync.as_secs_f64(),
         syncs: syncs as f64,
+        sync_seconds: in_sync.as_secs_f64(),
     }
 }
 
@@ -125,33 +141,21 @@ fn raw_sled(batch: usize) -> f64 {
 /// One or more runs of the engine, pooled.
 #[derive(Default)]
 struct EngineRun {
-    entries: f64,
-    seconds: f64,
-    /// Segment `fdatasync`s.
-    syncs: f64,
-    /// Seconds inside them.
-    sync_seconds: f64,
+    /// Its segment `fdatasync`s: the mean entries per sync is above the
+    /// request's batch size when group commit merged requests.
+    totals: Totals,
     /// Every request's latency.
     latencies_us: Vec<f64>,
 }
 
 impl EngineRun {
     fn add(&mut self, o: EngineRun) {
-        self.entries += o.entries;
-        self.seconds += o.seconds;
-        self.syncs += o.syncs;
-        self.sync_seconds += o.sync_seconds;
+        self.totals.add(o.totals);
         self.latencies_us.extend(o.latencies_us);
     }
 
     fn rate(&self) -> f64 {
-        self.entries / self.seconds
-    }
-
-    /// Mean entries made durable by one `fdatasync` of the segment: above
-    /// the request's batch size when group commit merged requests.
-    fn per_sync(&self) -> f64 {
-        self.entries / self.syncs.max(1.0)
+        self.totals.rate()
     }
 
     fn percentile(&mut self, p: f64) -> f64 {
@@ -282,10 +286,12 @@ fn engine(batch: usize, appenders: usize, time: Duration) -> EngineRun {
     }
     engine.shutdown();
     EngineRun {
-        entries: appended,
-        seconds,
-        syncs,
-        sync_seconds,
+        totals: Totals {
+            entries: appended,
+            seconds,
+            syncs,
+            sync_seconds,
+        },
         latencies_us: lat,
     }
 }
@@ -318,7 +324,7 @@ fn main() {
     for (batch, appenders) in bench_cases() {
         let sled = raw_sled(batch);
         let mut e = EngineRun::default();
-        let (mut file, mut same) = (Raw::default(), Raw::default());
+        let (mut file, mut same) = (Totals::default(), Totals::default());
         let mut ratios = Vec::new();
         // Single-entry appenders are compared with one appender measured
         // in the same rounds: a fast disk speeds one appender up far more
@@ -336,7 +342,7 @@ fn main() {
             // The stricter comparison: raw writes of as many entries per
             // fdatasync as the engine's syncs made durable on average
             // (group commit merges concurrent requests into one sync).
-            let per_sync = r.per_sync().round().max(1.0) as usize;
+            let per_sync = r.totals.per_sync().round().max(1.0) as usize;
             let s = if per_sync * 10 > batch * 11 {
                 raw_file_for(per_sync, round)
             } else {
@@ -347,32 +353,27 @@ fn main() {
             file.add(f);
             same.add(s);
         }
-        let raw_same = same;
-        let (file, same) = (file.rate(), same.rate());
         let (lo, hi) = spread(&ratios);
         println!(
             "{:<28} {:>10.0} {:>10.0} {:>10.0} {:>7.0}% {:>9.0} {:>8.0}% {:>8.0} {:>8.0} {:>9}",
             format!("batch {batch} x {appenders} appenders"),
             e.rate(),
-            file,
+            file.rate(),
             sled,
-            100.0 * e.rate() / file,
-            e.per_sync(),
-            100.0 * e.rate() / same,
+            100.0 * e.rate() / file.rate(),
+            e.totals.per_sync(),
+            100.0 * e.rate() / same.rate(),
             e.percentile(0.50),
             e.percentile(0.99),
             format!("{:.0}-{:.0}%", 100.0 * lo, 100.0 * hi)
         );
         // How much of the gap is the disk: the engine's mean fdatasync
         // next to the raw file's at the engine's entries per sync.
+        let ((sync, rest), (raw_sync, raw_rest)) = (e.totals.sync_split_us(), same.sync_split_us());
         println!(
-            "{:<28} per sync: fdatasync {:.0} us and {:.0} us of wall time outside it \
-             (raw file at the same entries per sync: {:.0} us and {:.0} us)",
+            "{:<28} per sync: fdatasync {sync:.0} us and {rest:.0} us of wall time outside it \
+             (raw file at the same entries per sync: {raw_sync:.0} us and {raw_rest:.0} us)",
             "",
-            1e6 * e.sync_seconds / e.syncs.max(1.0),
-            1e6 * (e.seconds - e.sync_seconds) / e.syncs.max(1.0),
-            1e6 * raw_same.sync_seconds / raw_same.syncs.max(1.0),
-            1e6 * (raw_same.seconds - raw_same.sync_seconds) / raw_same.syncs.max(1.0),
         );
         if group {
             let (lo, hi) = spread(&gains);

@@ -786,6 +786,9 @@ struct Hooked {
     staged: std::sync::Mutex<Vec<u64>>,
     /// Staging of a batch of 100 entries or more takes 30 ms longer.
     slow_stages: std::sync::atomic::AtomicBool,
+    /// The next staging of a batch of 100 entries or more panics (a store
+    /// bug on the thread that stages it).
+    panic_next_large_stage: std::sync::atomic::AtomicBool,
     /// Batches published (or failed at publish) with no staging ended
     /// before: the pipeline promises none.
     unstaged_publishes: std::sync::atomic::AtomicU64,
@@ -877,6 +880,13 @@ impl Store for Hooked {
         if batch.entries.len() >= 100 && self.slow_stages.load(std::sync::atomic::Ordering::SeqCst)
         {
             thread::sleep(std::time::Duration::from_millis(30));
+        }
+        if batch.entries.len() >= 100
+            && self
+                .panic_next_large_stage
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("staging failed (a store bug, put in by the test)");
         }
         self.inner().stage(log, batch);
         self.staged.lock().unwrap().push(batch.first_seq);
@@ -1106,23 +1116,40 @@ fn a_key_reused_while_its_batch_is_in_flight_is_a_duplicate_not_a_second_entry()
     engine.shutdown();
 }
 
-#[test]
-fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, engine) = gated(dir.path());
+/// Appends `kept` durably, then `a` and `b` as two pipelined batches
+/// whose sync fails: both fail as unavailable. Returns `kept`'s answer.
+fn fail_two_batches_behind(
+    store: &Hooked,
+    engine: &Arc<auditlog::engine::Engine>,
+    kept: Vec<auditlog::engine::input::EntryInput>,
+    a: Vec<auditlog::engine::input::EntryInput>,
+    b: Vec<auditlog::engine::input::EntryInput>,
+) -> AppendOutcome {
     store.open_gate(true);
-    let kept = engine
-        .append_blocking("orders", vec![input("order:0", "kept")])
-        .unwrap();
+    let kept = engine.append_blocking("orders", kept).unwrap();
     *store.gate.0.lock().unwrap() = None;
-    let a = append_in_background(&engine, vec![input("order:1", "a")]);
+    let a = append_in_background(engine, a);
     store.wait_writes(2);
-    let b = append_in_background(&engine, vec![input("order:2", "b")]);
+    let b = append_in_background(engine, b);
     store.wait_writes(3);
     store.open_gate(false);
     for r in [a.join().unwrap(), b.join().unwrap()] {
         assert!(matches!(r, Err(AppendError::Unavailable(_))), "{r:?}");
     }
+    kept
+}
+
+#[test]
+fn a_failed_sync_fails_its_batch_and_every_batch_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    let kept = fail_two_batches_behind(
+        &store,
+        &engine,
+        vec![input("order:0", "kept")],
+        vec![input("order:1", "a")],
+        vec![input("order:2", "b")],
+    );
     // Nothing of them is visible, and the log is refused until a restart.
     assert_eq!(engine.tree_size("orders"), 1);
     assert!(matches!(
@@ -1174,17 +1201,14 @@ fn large_and_small_batches_are_staged_in_order_and_before_they_publish() {
         store.wait_writes(i as u64 + 1);
     }
     store.open_gate(true);
-    let mut first = 0;
+    let (mut first, mut starts) = (0, Vec::new());
     for (w, n) in waiting.into_iter().zip(sizes) {
         let out = w.join().unwrap().unwrap();
         check_receipts(&out, "audit.example.com/orders");
         let seqs: Vec<u64> = out.receipts.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (first..first + n as u64).collect::<Vec<_>>());
+        starts.push(first);
         first += n as u64;
-    }
-    let mut starts = vec![0u64];
-    for n in &sizes[..sizes.len() - 1] {
-        starts.push(starts.last().unwrap() + *n as u64);
     }
     assert_eq!(*store.staged.lock().unwrap(), starts);
     assert_eq!(
@@ -1206,25 +1230,61 @@ fn large_and_small_batches_are_staged_in_order_and_before_they_publish() {
 }
 
 #[test]
-fn a_failed_sync_of_large_batches_leaves_nothing_of_them_behind() {
-    // The finisher may still stage a failed batch when the log thread
-    // learns of the failure: the batches written after the restart at the
-    // same seqs must not be mixed with it.
+fn a_finisher_that_dies_fails_its_batch_and_the_log_thread_finishes_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let (store, engine) = gated(dir.path());
     store.open_gate(true);
-    let kept = engine
-        .append_blocking("orders", inputs("order:0", "kept", 200))
-        .unwrap();
-    *store.gate.0.lock().unwrap() = None;
-    let a = append_in_background(&engine, inputs("order:1", "a", 300));
-    store.wait_writes(2);
-    let b = append_in_background(&engine, inputs("order:2", "b", 150));
-    store.wait_writes(3);
-    store.open_gate(false);
-    for r in [a.join().unwrap(), b.join().unwrap()] {
-        assert!(matches!(r, Err(AppendError::Unavailable(_))), "{r:?}");
+    store
+        .panic_next_large_stage
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The finisher panics while staging: the batch is synced and
+    // published, but its proofs never come, so it is not acknowledged.
+    match engine.append_blocking("orders", inputs("order:1", "a", 300)) {
+        Err(AppendError::Unavailable(why)) => {
+            assert!(
+                why.contains("the thread proving the batch stopped"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
     }
+    // Later batches, large and small, are finished on the log thread.
+    let large = engine
+        .append_blocking("orders", inputs("order:2", "b", 200))
+        .unwrap();
+    let small = engine
+        .append_blocking("orders", inputs("order:3", "c", 1))
+        .unwrap();
+    for out in [&large, &small] {
+        check_receipts(out, "audit.example.com/orders");
+    }
+    assert_eq!(large.receipts[0].seq, 300);
+    assert_eq!(small.receipts[0].seq, 500);
+    assert_eq!(
+        store
+            .unstaged_publishes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the batch whose staging panicked"
+    );
+    engine.shutdown();
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn a_failed_sync_of_large_batches_leaves_them_whole_or_not_at_all_and_indexed_as_read() {
+    // Large batches are staged on the finisher thread, which may still
+    // stage a failed batch when the log thread learns of the failure:
+    // after a restart, nothing of it may be mixed with what follows.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = gated(dir.path());
+    let kept = fail_two_batches_behind(
+        &store,
+        &engine,
+        inputs("order:0", "kept", 200),
+        inputs("order:1", "a", 300),
+        inputs("order:2", "b", 150),
+    );
     assert_eq!(engine.tree_size("orders"), 200);
     assert_eq!(
         store

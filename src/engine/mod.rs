@@ -54,7 +54,7 @@ use crate::store::{
 };
 
 use input::{prepare, AppendError, EntryInput, Limits, PreparedEntry};
-use sequencer::{OverlayReader, Sequencer};
+use sequencer::Sequencer;
 
 /// Per-log configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1418,19 +1418,10 @@ impl Worker {
                 .flat_map(|p| p.slots.iter().map(|s| slot_seq(first_seq, s)))
                 .collect()
         };
-        // Every receipt is proven at the new size, all in one pass so the
-        // right edge of the tree is hashed once per batch.
+        // Every receipt is proven at the new size.
         let node_store = self.store.clone();
         let prove = |seqs: Vec<u64>, size: u64, new_nodes: &sequencer::NodeMap| {
-            let reader = OverlayReader {
-                batch: new_nodes,
-                frontier: &frontier,
-                store: LogNodes {
-                    store: node_store.as_ref(),
-                    log: &log,
-                },
-            };
-            merkle::inclusion_proofs::<Blake3>(&reader, seqs, size)
+            pipeline::prove(node_store.as_ref(), &log, new_nodes, &frontier, seqs, size)
         };
         if fresh.is_empty() {
             // Only duplicates: answer against the latest checkpoint.

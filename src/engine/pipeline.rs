@@ -87,15 +87,29 @@ pub(super) struct Finish {
 pub(super) fn finish(store: &dyn Store, log: &str, f: Finish) {
     store.stage(log, &f.batch);
     drop(f.batch);
-    let reader = OverlayReader {
-        batch: &f.new_nodes,
-        frontier: &f.frontier,
-        store: LogNodes { store, log },
-    };
-    let proofs = merkle::inclusion_proofs::<Blake3>(&reader, f.seqs, f.size)
+    let proofs = prove(store, log, &f.new_nodes, &f.frontier, f.seqs, f.size)
         .map_err(|e| format!("building proofs: {e}"));
     // (Gone only if the syncer failed the batch already.)
     let _ = f.proofs.send(proofs);
+}
+
+/// Inclusion proofs of `seqs` at `size`, all in one pass (the right edge
+/// of the tree is hashed once), reading the nodes a batch completed, then
+/// the frontier before it, then the store.
+pub(super) fn prove(
+    store: &dyn Store,
+    log: &str,
+    new_nodes: &NodeMap,
+    frontier: &NodeMap,
+    seqs: Vec<u64>,
+    size: u64,
+) -> Result<Vec<Vec<Hash>>, merkle::TreeError> {
+    let reader = OverlayReader {
+        batch: new_nodes,
+        frontier,
+        store: LogNodes { store, log },
+    };
+    merkle::inclusion_proofs::<Blake3>(&reader, seqs, size)
 }
 
 /// The log thread's state between batches: its sequencer and latest
@@ -325,8 +339,7 @@ fn run(target: Target, rx: mpsc::Receiver<Job>, progress: Arc<(Mutex<Progress>, 
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
-            // The proofs first: they arrive once the log thread staged the
-            // batch too.
+            // The proofs first: they arrive once the batch is staged too.
             let proofs = job
                 .proofs
                 .recv()
