@@ -405,6 +405,14 @@ fn bench_cases() -> Vec<(usize, usize)> {
             let (b, a) = c.split_once('x').expect("CASE is BATCHxAPPENDERS");
             vec![(b.parse().unwrap(), a.parse().unwrap())]
         }
-        Err(_) => vec![(1, 1), (16, 1), (256, 1), (256, 4), (1, 64), (16, 16)],
+        Err(_) => vec![
+            (1, 1),
+            (16, 1),
+            (256, 1),
+            (256, 4),
+            (256, 16),
+            (1, 64),
+            (16, 16),
+        ],
     }
 }
