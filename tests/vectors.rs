@@ -65,18 +65,39 @@ fn proof(v: &Value) -> Result<Vec<Hash>, ProofError> {
     proof_from_bytes(&elems)
 }
 
-#[test]
-fn rfc6962_inclusion_vectors() {
-    let files = json_files(&data("rfc6962-merkle/inclusion"));
+/// Runs `check` on every vector of `dir` (at least `min_files` of them) and
+/// asserts its verdict is the vector's `wantErr`; returns how many were
+/// accepted and rejected.
+fn run_vectors(
+    dir: &str,
+    min_files: usize,
+    check: impl Fn(&Value) -> Result<(), String>,
+) -> (usize, usize) {
+    let files = json_files(&data(dir));
     assert!(
-        files.len() >= 90,
-        "only {} inclusion vectors found",
+        files.len() >= min_files,
+        "only {} vectors found in {dir}",
         files.len()
     );
     let (mut accepted, mut rejected) = (0, 0);
     for f in files {
         let v: Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
-        let result = match (hash(&v["leafHash"]), root(&v["root"]), proof(&v["proof"])) {
+        let result = check(&v);
+        let want_err = v["wantErr"].as_bool().unwrap();
+        assert_eq!(result.is_err(), want_err, "{}: {result:?}", f.display());
+        if want_err {
+            rejected += 1;
+        } else {
+            accepted += 1;
+        }
+    }
+    (accepted, rejected)
+}
+
+#[test]
+fn rfc6962_inclusion_vectors() {
+    let (accepted, rejected) = run_vectors("rfc6962-merkle/inclusion", 90, |v| {
+        match (hash(&v["leafHash"]), root(&v["root"]), proof(&v["proof"])) {
             (Some(leaf), Some(root), Ok(p)) => verify_inclusion::<Sha256>(
                 v["leafIdx"].as_u64().unwrap(),
                 v["treeSize"].as_u64().unwrap(),
@@ -86,15 +107,8 @@ fn rfc6962_inclusion_vectors() {
             )
             .map_err(|e| e.to_string()),
             _ => Err("malformed hash".to_string()),
-        };
-        let want_err = v["wantErr"].as_bool().unwrap();
-        assert_eq!(result.is_err(), want_err, "{}: {result:?}", f.display());
-        if want_err {
-            rejected += 1;
-        } else {
-            accepted += 1;
         }
-    }
+    });
     assert!(
         accepted >= 6 && rejected >= 80,
         "{accepted} accepted, {rejected} rejected"
@@ -103,16 +117,8 @@ fn rfc6962_inclusion_vectors() {
 
 #[test]
 fn rfc6962_consistency_vectors() {
-    let files = json_files(&data("rfc6962-merkle/consistency"));
-    assert!(
-        files.len() >= 80,
-        "only {} consistency vectors found",
-        files.len()
-    );
-    let (mut accepted, mut rejected) = (0, 0);
-    for f in files {
-        let v: Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
-        let result = match (root(&v["root1"]), root(&v["root2"]), proof(&v["proof"])) {
+    let (accepted, rejected) = run_vectors("rfc6962-merkle/consistency", 80, |v| {
+        match (root(&v["root1"]), root(&v["root2"]), proof(&v["proof"])) {
             (Some(r1), Some(r2), Ok(p)) => verify_consistency::<Sha256>(
                 v["size1"].as_u64().unwrap(),
                 v["size2"].as_u64().unwrap(),
@@ -122,15 +128,8 @@ fn rfc6962_consistency_vectors() {
             )
             .map_err(|e| e.to_string()),
             _ => Err("malformed hash".to_string()),
-        };
-        let want_err = v["wantErr"].as_bool().unwrap();
-        assert_eq!(result.is_err(), want_err, "{}: {result:?}", f.display());
-        if want_err {
-            rejected += 1;
-        } else {
-            accepted += 1;
         }
-    }
+    });
     assert!(
         accepted >= 5 && rejected >= 70,
         "{accepted} accepted, {rejected} rejected"

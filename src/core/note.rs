@@ -124,15 +124,7 @@ impl VerifierKey {
             (Some(n), Some(i), Some(b)) => (n, i, b),
             _ => return Err(NoteError::MalformedKey("expected name+id+key")),
         };
-        let id = parse_key_id(id_hex)?;
-        let raw = B64
-            .decode(b64)
-            .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
-        if raw.len() != 33 || raw[0] != ALG_ED25519 {
-            return Err(NoteError::MalformedKey("not an Ed25519 key"));
-        }
-        let mut pk = [0u8; 32];
-        pk.copy_from_slice(&raw[1..]);
+        let (id, pk) = parse_key_body(id_hex, b64)?;
         let v = VerifierKey::new(name, &pk)?;
         if v.key_id != id {
             return Err(NoteError::MalformedKey("key id does not match the key"));
@@ -175,6 +167,19 @@ fn parse_key_id(id_hex: &str) -> Result<u32, NoteError> {
         return Err(NoteError::MalformedKey("key id must be 8 hex digits"));
     }
     u32::from_str_radix(id_hex, 16).map_err(|_| NoteError::MalformedKey("key id is not hex"))
+}
+
+/// The key id and the 32 key bytes of a key text's last two fields (the
+/// bytes are base64 of the algorithm byte, Ed25519, then the key).
+fn parse_key_body(id_hex: &str, b64: &str) -> Result<(u32, [u8; 32]), NoteError> {
+    let id = parse_key_id(id_hex)?;
+    let raw = B64
+        .decode(b64)
+        .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
+    match raw.split_first() {
+        Some((&ALG_ED25519, key)) if key.len() == 32 => Ok((id, key.try_into().expect("32 bytes"))),
+        _ => Err(NoteError::MalformedKey("not an Ed25519 key")),
+    }
 }
 
 /// A private key that signs notes.
@@ -229,15 +234,7 @@ impl SignerKey {
                 "signer key must start PRIVATE+KEY+",
             ));
         }
-        let id = parse_key_id(id_hex)?;
-        let raw = B64
-            .decode(b64)
-            .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
-        if raw.len() != 33 || raw[0] != ALG_ED25519 {
-            return Err(NoteError::MalformedKey("not an Ed25519 key"));
-        }
-        let mut seed = [0u8; 32];
-        seed.copy_from_slice(&raw[1..]);
+        let (id, seed) = parse_key_body(id_hex, b64)?;
         let s = SignerKey::from_seed(name, &seed)?;
         if s.key_id != id {
             return Err(NoteError::MalformedKey("key id does not match the key"));
@@ -477,6 +474,36 @@ mod tests {
             assert!(VerifierKey::from_text(bad).is_err(), "{bad}");
         }
         assert!(SignerKey::from_text(&v).is_err());
+    }
+
+    #[test]
+    fn key_bytes_of_another_algorithm_or_length_are_refused() {
+        let s = signer("log", 3);
+        let (v, p) = (s.verifier().to_text(), s.to_text());
+        let id_of = |t: &str| t.rsplit('+').nth(1).unwrap().to_owned();
+        let (vid, pid) = (id_of(&v), id_of(&p));
+        let good = B64.decode(v.rsplit('+').next().unwrap()).unwrap();
+        let mut other_alg = good.clone();
+        other_alg[0] = 0x02;
+        let mut long = good.clone();
+        long.push(0);
+        for raw in [other_alg, good[..32].to_vec(), long, vec![ALG_ED25519]] {
+            let b64 = B64.encode(&raw);
+            let err = VerifierKey::from_text(&format!("log+{vid}+{b64}")).unwrap_err();
+            assert_eq!(
+                err,
+                NoteError::MalformedKey("not an Ed25519 key"),
+                "{raw:?}"
+            );
+            let err = SignerKey::from_text(&format!("PRIVATE+KEY+log+{pid}+{b64}")).unwrap_err();
+            assert_eq!(
+                err,
+                NoteError::MalformedKey("not an Ed25519 key"),
+                "{raw:?}"
+            );
+        }
+        let err = SignerKey::from_text(&format!("PRIVATE+KEY+log+{pid}+not base64!")).unwrap_err();
+        assert_eq!(err, NoteError::MalformedKey("key is not base64"));
     }
 
     #[test]
