@@ -175,6 +175,33 @@ impl Pg {
         self.url(db)
     }
 
+    /// Stops the server as a crash would (`-m immediate`: no shutdown
+    /// checkpoint, every connection cut; recovery replays the WAL on start)
+    /// and starts it again on the same port with the same options.
+    pub fn crash_and_restart(&self) {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "restart",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
     /// Runs SQL with psql (for tampering tests): stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self.client(
