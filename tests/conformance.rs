@@ -945,3 +945,64 @@ fn a_database_crash_under_load_loses_no_acknowledged_entry_and_appends_resume() 
     let report = m.verify();
     assert!(report.is_valid(), "{:?}", report.findings);
 }
+
+/// Timestamps never go backwards along a log, whichever server appends and
+/// whatever its clock says. Attack: two engines on one database, one clock
+/// an hour ahead of the other, appending in turn (so each finds the head
+/// the other left), then the fast clock jumps back two hours, then a third
+/// engine starts with its clock at zero.
+#[test]
+fn engines_with_clocks_apart_never_take_a_log_back_in_time() {
+    let db = "clocks_apart";
+    let Some((_pg, m)) = pg_database(db, db) else {
+        return;
+    };
+    const HOUR: i64 = 3_600_000_000_000;
+    let clocks = [ManualClock::at(2 * HOUR), ManualClock::at(HOUR)];
+    let engines: Vec<Engine> = clocks
+        .iter()
+        .map(|c| start(m.open(), vec![orders()], c.clone()))
+        .collect();
+    let mut stamps = Vec::new();
+    for i in 0..40 {
+        if i == 20 {
+            clocks[0].set(0);
+        }
+        let out = engines[i % 2]
+            .append_blocking("orders", vec![input("order:1", &format!("{i}"))])
+            .unwrap();
+        stamps.push((out.receipts[0].seq, out.receipts[0].timestamp_unix_nanos));
+    }
+    for e in &engines {
+        e.shutdown();
+    }
+    drop(engines);
+    let engine = start(m.open(), vec![orders()], ManualClock::at(0));
+    let out = engine
+        .append_blocking("orders", vec![input("order:1", "late")])
+        .unwrap();
+    stamps.push((out.receipts[0].seq, out.receipts[0].timestamp_unix_nanos));
+    let seqs: Vec<u64> = stamps.iter().map(|s| s.0).collect();
+    assert_eq!(seqs, (0..41).collect::<Vec<_>>());
+    for w in stamps.windows(2) {
+        assert!(
+            w[1].1 >= w[0].1,
+            "seq {} went back in time: {stamps:?}",
+            w[1].0
+        );
+    }
+    // The slow engine's first append came after the fast one's: it carried
+    // the later time on rather than its own clock's.
+    assert!(stamps[1].1 >= 2 * HOUR, "{stamps:?}");
+    // And what is stored says the same.
+    let mut last = 0;
+    for seq in 0..41 {
+        let (stored, _, _) = engine.entry("orders", seq, 0).unwrap();
+        assert!(stored.entry.timestamp_unix_nanos >= last, "seq {seq}");
+        last = stored.entry.timestamp_unix_nanos;
+    }
+    engine.shutdown();
+    drop(engine);
+    let report = m.verify();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}
