@@ -1758,3 +1758,105 @@ fn staging_while_the_same_batches_publish_changes_no_answer() {
     drop((racing_store, plain_store));
     assert_verifies(dirs[0].path());
 }
+
+/// Copies a directory tree (the fixture's files into a scratch data dir).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Formats are forever: `tests/fixtures/store-v1/logs` holds the segment
+/// files (the source of truth; indexes are derived and left out) of a
+/// data directory written by version 1 through the CLI: `orders` with a
+/// sealed segment whose three entries were then erased and an open one,
+/// `chats` with an entry under a legal hold, and the `_system` and
+/// `_access` logs that recorded it. Every later version must verify it
+/// under the key that wrote it, rebuild its indexes, answer from it, and
+/// append to it.
+#[test]
+fn a_data_dir_written_by_version_1_verifies_answers_and_grows() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
+    let old_key = auditlog::keys::load_verifiers(&fixture.join("verifier.pub")).unwrap()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture.join("logs"), &dir.path().join("logs"));
+
+    let report = verify_data_dir(dir.path(), std::slice::from_ref(&old_key)).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+    // 3 orders + 2 orders + 1 order, 1 chat, and the system and access
+    // logs' records of the erasure and the hold.
+    assert!(report.entries_checked >= 7, "{report:?}");
+    assert_eq!(report.seals_checked, 1);
+    let erased: Vec<u64> = report
+        .findings
+        .iter()
+        .filter(|f| f.verdict == auditlog::verify::Verdict::Erased)
+        .filter_map(|f| f.seq)
+        .collect();
+    assert_eq!(erased, vec![0, 1, 2], "{:?}", report.findings);
+
+    let logs = vec![
+        LogConfig::new("orders", "fixture.example.com/orders"),
+        LogConfig::new("chats", "fixture.example.com/chats"),
+    ];
+    let f = open(dir.path(), logs, ManualClock::at(1_000));
+    let e = &f.engine;
+    let payload = |log: &str, seq: u64| e.entry(log, seq, 0).unwrap().0;
+    assert_eq!(e.checkpoint("orders").unwrap().unwrap().0, 6);
+    for seq in 0..3 {
+        let stored = payload("orders", seq);
+        assert_eq!(stored.state, auditlog::store::PayloadState::Erased);
+        assert!(stored.payload.is_empty() && stored.salt.is_none());
+        assert_eq!(stored.entry.subject, "order:1");
+    }
+    assert_eq!(payload("orders", 3).payload, b"output 1");
+    assert_eq!(payload("orders", 5).payload, b"after the erasure");
+    assert_eq!(payload("chats", 0).payload, b"hello");
+    let holds = e.holds(Some("chats"));
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0].subject.as_deref(), Some("chat:7"));
+    assert_eq!(holds[0].case_id, "case-1");
+    // The idempotency keys of version 1's entries still answer: a retry
+    // of the erased entry (same metadata and payload length: all that is
+    // left to compare) gets the original receipt; one with another actor
+    // is refused.
+    let original = payload("orders", 1).entry;
+    let retry = auditlog::engine::input::EntryInput {
+        subject: original.subject.clone(),
+        actor: original.actor.clone(),
+        kind: original.kind.clone(),
+        content_type: original.content_type.clone(),
+        attributes: original.attributes.clone(),
+        payload: b"prompt 2".to_vec(),
+        idempotency_key: "o1-2".into(),
+    };
+    let again = e.append_blocking("orders", vec![retry.clone()]).unwrap();
+    assert!(again.receipts[0].duplicate);
+    assert_eq!(again.receipts[0].seq, 1);
+    let other = auditlog::engine::input::EntryInput {
+        actor: "buyer:2".into(),
+        ..retry
+    };
+    assert!(matches!(
+        e.append_blocking("orders", vec![other]),
+        Err(AppendError::IdempotencyConflict { seq: 1, .. })
+    ));
+    // And the log grows on: a new entry chains on the old ones.
+    let out = e
+        .append_blocking("orders", vec![input("order:4", "appended later")])
+        .unwrap();
+    assert_eq!(out.receipts[0].seq, 6);
+    let (stored, _, _) = e.entry("orders", 6, 0).unwrap();
+    assert_eq!(stored.entry.prev_leaf_hash, payload("orders", 5).leaf_hash);
+    f.engine.shutdown();
+    drop(f);
+    let report = verify_data_dir(dir.path(), &[old_key, signer().verifier()]).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+}
