@@ -202,6 +202,32 @@ impl Pg {
         );
     }
 
+    /// The rows of database `db`'s `auditlog_*` tables (the schema
+    /// version table left out) as SQL `INSERT`s, from `pg_dump`.
+    /// Lines starting with a backslash are dropped (see below): a text
+    /// value with such a line would lose it, and none in these tests has
+    /// one (bytea values start on their `INSERT` line).
+    pub fn dump_rows(&self, db: &str) -> String {
+        let out = self.client(
+            "pg_dump",
+            &[
+                "--data-only",
+                "--inserts",
+                "--table=auditlog_*",
+                "--exclude-table=auditlog_schema",
+                db,
+            ],
+        );
+        // Newer pg_dump releases wrap the dump in psql meta-commands
+        // (`\restrict`), which `psql -c` does not take: SQL only.
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('\\'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Runs SQL with psql (for tampering tests): stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self.client(
