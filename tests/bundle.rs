@@ -407,3 +407,99 @@ fn large_bundles_are_checked_in_parallel_with_the_same_findings() {
         r.findings
     );
 }
+
+/// The operator holds the signing key, so it can rewrite history and sign
+/// the rewrite: a bundle of the rewritten log is valid on its own. The
+/// buyer's receipt is what catches it. Attack: the same key and origin
+/// sign a second history that agrees on the first entry and differs from
+/// the second on (the payload the buyer's receipt covers, then the same
+/// entries again); its export for the buyer's order verifies alone, and
+/// fails against the receipt whether the operator leaves the proof from
+/// the receipt out or builds it from its own tree.
+#[test]
+fn a_history_rewritten_with_the_genuine_key_fails_against_a_kept_receipt() {
+    let history = |second: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path(), vec![orders()], ManualClock::at(1_000));
+        f.engine
+            .append_blocking("orders", vec![input("order:8812", "Write a haiku")])
+            .unwrap();
+        let receipt = f
+            .engine
+            .append_blocking("orders", vec![input("order:8812", second)])
+            .unwrap();
+        for i in 0..3 {
+            f.engine
+                .append_blocking("orders", vec![input("order:8812", &format!("output {i}"))])
+                .unwrap();
+        }
+        (dir, f, receipt)
+    };
+    let (_d1, genuine, receipt) = history("refund approved");
+    let (_d2, rewritten, forged) = history("refund denied");
+    // Same key, same origin, same size: only the roots differ.
+    let size_of = |cp: &str| open_cp(cp, "audit.example.com/orders").size;
+    assert_eq!(size_of(&receipt.checkpoint), size_of(&forged.checkpoint));
+    assert_ne!(receipt.checkpoint, forged.checkpoint);
+
+    let export = |f: &Fixture, since: Option<&str>| {
+        let mut out = Vec::new();
+        let r = f.engine.export(
+            "orders",
+            Query::Subject {
+                subject: "order:8812".into(),
+            },
+            since,
+            &mut out,
+        );
+        (r, out)
+    };
+    // The genuine log proves it extends the receipt.
+    let (r, good) = export(&genuine, Some(&receipt.checkpoint));
+    r.unwrap();
+    let good = verify_bundle(&good[..], &[signer().verifier()], Some(&receipt.checkpoint)).0;
+    assert!(good.is_valid(), "{:?}", good.findings);
+
+    // The rewrite, exported plainly: valid alone, invalid against the
+    // receipt (it proves nothing about it).
+    let (r, plain) = export(&rewritten, None);
+    r.unwrap();
+    let alone = verify_bundle(&plain[..], &[signer().verifier()], None).0;
+    assert!(alone.is_valid(), "{:?}", alone.findings);
+    let caught = verify_bundle(
+        &plain[..],
+        &[signer().verifier()],
+        Some(&receipt.checkpoint),
+    )
+    .0;
+    assert!(!caught.is_valid(), "a rewrite passed against the receipt");
+    assert!(
+        caught.findings.iter().any(|f| f.field == "since"),
+        "{:?}",
+        caught.findings
+    );
+
+    // Asked to prove the receipt, the rewritten store either refuses or
+    // writes a proof from its own tree, which fails against the receipt.
+    let (r, asked) = export(&rewritten, Some(&receipt.checkpoint));
+    if r.is_ok() {
+        let caught = verify_bundle(
+            &asked[..],
+            &[signer().verifier()],
+            Some(&receipt.checkpoint),
+        )
+        .0;
+        assert!(!caught.is_valid(), "a rewrite passed against the receipt");
+        assert!(
+            caught
+                .findings
+                .iter()
+                .any(|f| f.field == "since" && f.verdict == Verdict::BadProof),
+            "{:?}",
+            caught.findings
+        );
+    }
+    // And the receipt's own proof does not hold in the rewritten tree.
+    let entry = rewritten.engine.entry("orders", 1, 0).unwrap().0;
+    assert_ne!(entry.leaf_hash, receipt.receipts[0].leaf_hash);
+}
