@@ -171,7 +171,10 @@ enum Command {
         #[arg(long, conflicts_with_all = ["file", "data_dir"])]
         store: Option<String>,
         /// A signed checkpoint you hold (a receipt's): the bundle must prove
-        /// it is a prefix of its own checkpoint.
+        /// it is a prefix of its own checkpoint. With --data-dir or --store,
+        /// the log of its origin must still extend it: entries removed from
+        /// the end of a log (with their checkpoints) and a history rewritten
+        /// and signed again are found only so.
         #[arg(long)]
         since_checkpoint: Option<PathBuf>,
         /// Machine-readable output.
@@ -690,7 +693,7 @@ fn verify_command(
     };
     if let Some(url) = store {
         let bar = auditlog::progress::spinner("verifying the PostgreSQL store");
-        let r = auditlog::verify::postgres::verify_postgres(&url, &keys);
+        let r = auditlog::verify::postgres::verify_postgres_since(&url, &keys, since.as_deref());
         bar.finish_and_clear();
         return match r {
             Ok(r) => print_verdict(
@@ -739,7 +742,8 @@ fn verify_command(
         }
         (None, Some(d)) => {
             let bar = auditlog::progress::spinner("verifying the data directory");
-            let verified = auditlog::verify::store::verify_data_dir(&d, &keys);
+            let verified =
+                auditlog::verify::store::verify_data_dir_since(&d, &keys, since.as_deref());
             bar.finish_and_clear();
             match verified {
                 Ok(r) => (r, format!("data directory {}", d.display())),

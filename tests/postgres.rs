@@ -747,3 +747,88 @@ fn copy_there_and_back_verifies_identically() {
     assert_eq!(code, 2);
     assert!(err.contains("another history"), "{err}");
 }
+
+/// Restoring an older backup of the database drops every entry appended
+/// since, consistently: the log just looks shorter, and verifies. Only a
+/// checkpoint held outside (`verify --store URL --since-checkpoint F`)
+/// shows it.
+#[test]
+fn a_database_rolled_back_to_an_old_backup_is_found_against_a_held_checkpoint() {
+    use auditlog::engine::input::Limits;
+    use auditlog::engine::{Engine, LogConfig, SystemClock};
+    use auditlog::store::postgres::PgStore;
+    use auditlog::verify::postgres::{verify_postgres, verify_postgres_since};
+    use auditlog::verify::Verdict;
+    let Some(pg) = Pg::start("a_database_rolled_back_to_an_old_backup") else {
+        return;
+    };
+    let url = pg.create_db("rollback");
+    let engine = Engine::start(
+        Arc::new(PgStore::connect(&url).unwrap()),
+        common::signer(),
+        vec![LogConfig::new("orders", "audit.example.com/orders")],
+        Limits::default(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let append = |p: &str| {
+        engine
+            .append_blocking("orders", vec![common::input("order:1", p)])
+            .unwrap()
+            .checkpoint
+    };
+    let early = [append("a"), append("b")];
+    let backup = pg.dump_rows("rollback");
+    let last = ["c", "d", "e"].map(append);
+    engine.shutdown();
+    drop(engine);
+
+    let keys = [common::signer().verifier()];
+    let report = verify_postgres_since(&url, &keys, Some(&last[2])).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+
+    pg.psql(
+        "rollback",
+        "TRUNCATE auditlog_logs, auditlog_entries, auditlog_nodes, auditlog_checkpoints, \
+         auditlog_segments",
+    );
+    pg.psql("rollback", &backup);
+    let alone = verify_postgres(&url, &keys).unwrap();
+    assert!(
+        alone.is_valid(),
+        "the rollback is invisible alone: {:?}",
+        alone.findings
+    );
+    let report = verify_postgres_since(&url, &keys, Some(&last[2])).unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.verdict == Verdict::Truncated && f.field == "since" && f.seq == Some(2)),
+        "{:?}",
+        report.findings
+    );
+    assert!(!report.is_valid());
+    let report = verify_postgres_since(&url, &keys, Some(&early[1])).unwrap();
+    assert!(report.is_valid(), "{:?}", report.findings);
+
+    // The command line: exit 1, the finding named.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, held) = (dir.path().join("verifier.pub"), dir.path().join("held"));
+    std::fs::write(&key, format!("{}\n", keys[0].to_text())).unwrap();
+    std::fs::write(&held, &last[2]).unwrap();
+    let (code, out, err) = auditlog(&[
+        "verify",
+        "--store",
+        &url,
+        "--key",
+        key.to_str().unwrap(),
+        "--since-checkpoint",
+        held.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("TRUNCATED") && out.contains("field=since"),
+        "{out}"
+    );
+}

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use auditlog::core::note;
 use auditlog::core::seal::{Seal, SealReason};
 use auditlog::engine::input::AppendError;
+use auditlog::engine::LogConfig;
 use auditlog::store::segment::{
     encode_other_record, list_segments, segment_file_name, Record, RecordKind, SegmentReader,
 };
@@ -18,19 +19,6 @@ use auditlog::store::Store;
 use auditlog::verify::store::verify_data_dir;
 use auditlog::verify::{Report, Verdict};
 use common::*;
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
 
 /// Record kinds and offsets of a segment file, plus its length.
 fn records(path: &Path) -> (Vec<(u64, Record)>, u64) {
@@ -501,4 +489,115 @@ fn rewrite_entry(d: &Path, seg: u64, which: usize, payload: &[u8]) {
     out.extend_from_slice(&b[end as usize..]);
     fs::write(&p, out).unwrap();
     assert_eq!(list_segments(&d.join("logs/orders")).unwrap().len(), 3);
+}
+
+/// A log cut at its end, segments and checkpoints together, looks like a
+/// shorter log: only a checkpoint held outside the store (a buyer's
+/// receipt, an auditor's copy) shows it, through `--since-checkpoint`.
+/// Attacks: the last two segment files deleted; the same history signed
+/// again with another payload (a rewrite by whoever holds the key); and
+/// the held checkpoint itself forged or of a log that is not there.
+#[test]
+fn a_log_cut_at_its_end_is_found_against_a_checkpoint_held_outside() {
+    use auditlog::verify::store::verify_data_dir_since;
+    let history = |payload: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path(), vec![orders(), chats()], ManualClock::at(10));
+        let mut kept = Vec::new();
+        for i in 0..6 {
+            let p = if i == 3 { payload } else { "x" };
+            let out = f
+                .engine
+                .append_blocking("orders", vec![input("order:1", p)])
+                .unwrap();
+            kept.push(out.checkpoint);
+            if i == 1 || i == 3 {
+                f.engine
+                    .seal_blocking("orders", SealReason::Request)
+                    .unwrap();
+            }
+        }
+        f.close();
+        (dir, kept)
+    };
+    let (dir, kept) = history("refund approved");
+    let (early, last) = (&kept[1], &kept[5]);
+    let check = |d: &Path, since: &str| {
+        verify_data_dir_since(d, &[signer().verifier()], Some(since)).unwrap()
+    };
+    assert!(check(dir.path(), last).is_valid());
+    assert!(check(dir.path(), early).is_valid());
+
+    // The tail cut: segments 1 and 2 gone (entries 2-5, their checkpoints
+    // and segment 1's seal). Alone, the rest verifies.
+    let cut = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), cut.path());
+    fs::remove_file(seg_path(cut.path(), "orders", 2)).unwrap();
+    fs::remove_file(seg_path(cut.path(), "orders", 1)).unwrap();
+    assert!(verify(cut.path()).is_valid(), "the cut is invisible alone");
+    let report = check(cut.path(), last);
+    expect(&report, Verdict::Truncated, Some(2), None, "since");
+    assert!(check(cut.path(), early).is_valid());
+
+    // A rewrite signed with the genuine key: valid alone, not against the
+    // checkpoint held from the genuine history.
+    let (rewritten, _) = history("refund denied");
+    assert!(verify(rewritten.path()).is_valid());
+    let report = check(rewritten.path(), last);
+    expect(&report, Verdict::HashMismatch, Some(6), None, "since");
+    // (Each entry's payload commitment is salted at random, so even the
+    // entries the rewrite left alone hash differently: it fails against
+    // any checkpoint held from the genuine history.)
+    expect(
+        &check(rewritten.path(), early),
+        Verdict::HashMismatch,
+        Some(2),
+        None,
+        "since",
+    );
+
+    // The held checkpoint must open under a trusted key, and be of a log
+    // the store has.
+    let forged = note::sign(&last[..last.find("\n\n").unwrap() + 1], &[&other_signer()]).unwrap();
+    let report = check(dir.path(), &forged);
+    expect(&report, Verdict::UnknownKey, None, None, "since");
+    let elsewhere = {
+        let d = tempfile::tempdir().unwrap();
+        let f = open(
+            d.path(),
+            vec![LogConfig::new("gone", "audit.example.com/gone")],
+            ManualClock::at(10),
+        );
+        let cp = f
+            .engine
+            .append_blocking("gone", vec![input("order:1", "x")])
+            .unwrap()
+            .checkpoint;
+        f.close();
+        cp
+    };
+    let report = check(dir.path(), &elsewhere);
+    expect(&report, Verdict::MissingEntry, Some(1), None, "since");
+
+    // The command line takes it too, with exit code 1.
+    let key = cut.path().join("verifier.pub");
+    fs::write(&key, format!("{}\n", signer().verifier().to_text())).unwrap();
+    let held = cut.path().join("held.checkpoint");
+    fs::write(&held, last).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlog"))
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(cut.path())
+        .arg("--key")
+        .arg(&key)
+        .arg("--since-checkpoint")
+        .arg(&held)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("TRUNCATED") && stdout.contains("field=since"),
+        "{stdout}"
+    );
 }

@@ -1759,20 +1759,6 @@ fn staging_while_the_same_batches_publish_changes_no_answer() {
     assert_verifies(dirs[0].path());
 }
 
-/// Copies a directory tree (the fixture's files into a scratch data dir).
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Formats are forever: `tests/fixtures/store-v1/logs` holds the segment
 /// files (the source of truth; indexes are derived and left out) of a
 /// data directory written by version 1 through the CLI: `orders` with a
@@ -1786,7 +1772,7 @@ fn a_data_dir_written_by_version_1_verifies_answers_and_grows() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
     let old_key = auditlog::keys::load_verifiers(&fixture.join("verifier.pub")).unwrap()[0].clone();
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(&fixture.join("logs"), &dir.path().join("logs"));
+    copy_dir(&fixture.join("logs"), &dir.path().join("logs"));
 
     let report = verify_data_dir(dir.path(), std::slice::from_ref(&old_key)).unwrap();
     assert!(report.is_valid(), "{:?}", report.findings);

@@ -110,6 +110,58 @@ impl fmt::Display for Finding {
     }
 }
 
+/// A signed checkpoint held outside the store (a receipt's, or one an
+/// auditor kept), which a store's log must still extend: verification of
+/// a data directory or a database recomputes the log's tree and compares
+/// its root at the checkpoint's size (`--since-checkpoint`). This is what
+/// sees entries removed from the end of a log together with their
+/// checkpoints, which otherwise looks like a shorter log, and a history
+/// rewritten and signed again by whoever holds the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The checkpoint, opened under a trusted key.
+    pub checkpoint: crate::core::checkpoint::Checkpoint,
+}
+
+impl Anchor {
+    /// Opens `text` under `keys`; a checkpoint that does not open is a
+    /// finding (field `since`) and no anchor.
+    pub fn open(text: &str, keys: &[VerifierKey], report: &mut Report) -> Option<Anchor> {
+        match crate::core::checkpoint::Checkpoint::open(text, keys, None) {
+            Ok((checkpoint, _)) => Some(Anchor { checkpoint }),
+            Err(e) => {
+                let verdict = store::checkpoint_verdict(&e);
+                let detail = report.note_detail(verdict, &e, text, keys);
+                report.add(
+                    verdict,
+                    "-",
+                    None,
+                    None,
+                    "since",
+                    format!("the checkpoint you hold does not open: {detail}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The finding when no log of the store has the checkpoint's origin.
+    pub(crate) fn no_log(&self, report: &mut Report) {
+        report.add(
+            Verdict::MissingEntry,
+            "-",
+            Some(self.checkpoint.size),
+            None,
+            "since",
+            format!(
+                "no log of origin {:?} in this store: the checkpoint you hold is of a log \
+                 that is not here",
+                self.checkpoint.origin
+            ),
+        );
+    }
+}
+
 /// The outcome of a verification.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {

@@ -18,7 +18,7 @@
 use tokio_postgres::Client;
 
 use super::store::{follow_keys, LogCheck};
-use super::{Report, Verdict};
+use super::{Anchor, Report, Verdict};
 use crate::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
 use crate::core::hash::{Blake3, Hash};
 use crate::core::merkle::CompactRange;
@@ -45,6 +45,22 @@ pub fn verify_postgres(url: &str, keys: &[VerifierKey]) -> Result<Report, StoreE
     verify_postgres_logs(url, keys, None)
 }
 
+/// [`verify_postgres`], and with `since` (a signed checkpoint held outside
+/// the store: see [`Anchor`]) also that the log of its origin extends it.
+///
+/// # Errors
+/// Connection or query failures (problems with contents are findings).
+pub fn verify_postgres_since(
+    url: &str,
+    keys: &[VerifierKey],
+    since: Option<&str>,
+) -> Result<Report, StoreError> {
+    let (keys, since) = (keys.to_vec(), since.map(str::to_owned));
+    with_connection(url, move |client| async move {
+        verify_client(&client, &keys, None, since.as_deref()).await
+    })
+}
+
 /// Verifies one log (`only`) or every log of the database at `url`.
 ///
 /// # Errors
@@ -56,7 +72,7 @@ pub fn verify_postgres_logs(
 ) -> Result<Report, StoreError> {
     let (keys, only) = (keys.to_vec(), only.map(str::to_owned));
     with_connection(url, move |client| async move {
-        verify_client(&client, &keys, only.as_deref()).await
+        verify_client(&client, &keys, only.as_deref(), None).await
     })
 }
 
@@ -64,6 +80,7 @@ async fn verify_client(
     client: &Client,
     keys: &[VerifierKey],
     only: Option<&str>,
+    since: Option<&str>,
 ) -> Result<Report, StoreError> {
     let mut report = Report::default();
     // Keys: the caller's, extended along the key transitions in _system.
@@ -97,6 +114,8 @@ async fn verify_client(
         }
     }
     let trust = follow_keys(keys, &transitions, &mut report);
+    let anchor = since.and_then(|text| Anchor::open(text, &trust.keys, &mut report));
+    let mut anchored = false;
 
     let logs = client
         .query(
@@ -118,7 +137,17 @@ async fn verify_client(
             frontier: l.get(4),
             latest_checkpoint: l.get(5),
         };
-        verify_log(client, &name, &head, &trust.keys, &mut report).await?;
+        anchored |= verify_log(
+            client,
+            &name,
+            &head,
+            LogCheck::new(&name, &trust.keys).anchored(anchor.as_ref()),
+            &mut report,
+        )
+        .await?;
+    }
+    if let (Some(a), false) = (&anchor, anchored) {
+        a.no_log(&mut report);
     }
     Ok(report)
 }
@@ -144,13 +173,15 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
+/// Verifies one log with `check`; returns whether it is of `check`'s
+/// anchor's origin.
 async fn verify_log(
     client: &Client,
     log: &str,
     head: &Head,
-    keys: &[VerifierKey],
+    mut check: LogCheck<'_>,
     report: &mut Report,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let segments: Vec<Segment> = client
         .query(
             "SELECT segment, first_seq, span_from, end_seq, seal FROM auditlog_segments \
@@ -179,7 +210,6 @@ async fn verify_log(
         .map(|r| (u(r.get(0)), r.get(1)))
         .collect();
     let mut cps = checkpoints.iter().peekable();
-    let mut check = LogCheck::new(log, keys);
     // Every perfect node the leaves make, to compare with the stored ones.
     let mut nodes_tree = CompactRange::<Blake3>::new();
     let mut expected_nodes: Vec<(i16, i64, Hash)> = Vec::new();
@@ -311,7 +341,8 @@ async fn verify_log(
     if head.latest_checkpoint != last_cp_note {
         head_bad("the head row's latest checkpoint is not the last checkpoint row".into());
     }
-    check_nodes(client, log, expected_nodes, report).await
+    check_nodes(client, log, expected_nodes, report).await?;
+    Ok(check.finish_anchor(report))
 }
 
 /// Compares the stored tree nodes with those recomputed from the leaves.

@@ -10,10 +10,13 @@
 //! roots. Each problem is a [`Finding`](super::Finding) naming log, seq or
 //! segment, field, and a verdict code.
 //!
-//! What this cannot see by design: entries removed from the very end of the
-//! last segment together with their checkpoints (the log simply looks
-//! shorter). A receipt or an earlier checkpoint held outside the server
-//! detects that, through a consistency proof.
+//! What the files alone cannot show: entries removed from the end of a log
+//! together with their checkpoints and seals (the log simply looks
+//! shorter), and a history rewritten and signed again by whoever holds the
+//! key. A checkpoint held outside the server (a receipt's, an auditor's
+//! copy) shows both: with it ([`verify_data_dir_since`], `verify
+//! --since-checkpoint`), the log of its origin must hold at least its size
+//! of committed entries and recompute its root at that size.
 
 use std::path::Path;
 
@@ -27,7 +30,7 @@ use crate::engine::admin::{transition_of, ROTATE_KIND, SYSTEM_LOG};
 use crate::store::embedded::is_valid_log_name;
 use crate::store::segment::{list_segments, EntryRecord, PayloadState, Record, SegmentReader};
 
-use super::{Report, Verdict};
+use super::{Anchor, Report, Verdict};
 
 /// Maps a note error to its verdict.
 pub fn note_verdict(e: &NoteError) -> Verdict {
@@ -60,9 +63,24 @@ pub fn seal_verdict(e: &SealError) -> Verdict {
 /// # Errors
 /// I/O errors reading the directory (problems with contents are findings).
 pub fn verify_data_dir(root: &Path, keys: &[VerifierKey]) -> std::io::Result<Report> {
+    verify_data_dir_since(root, keys, None)
+}
+
+/// [`verify_data_dir`], and with `since` (a signed checkpoint held outside
+/// the store: see [`Anchor`]) also that the log of its origin extends it.
+///
+/// # Errors
+/// I/O errors (problems with contents are findings).
+pub fn verify_data_dir_since(
+    root: &Path,
+    keys: &[VerifierKey],
+    since: Option<&str>,
+) -> std::io::Result<Report> {
     let mut report = Report::default();
     let trust = follow_transitions(root, keys, &mut report)?;
     let keys = &trust.keys[..];
+    let anchor = since.and_then(|text| Anchor::open(text, keys, &mut report));
+    let mut anchored = false;
     let logs_dir = root.join("logs");
     let mut names = Vec::new();
     for e in std::fs::read_dir(&logs_dir)? {
@@ -75,7 +93,14 @@ pub fn verify_data_dir(root: &Path, keys: &[VerifierKey]) -> std::io::Result<Rep
     }
     names.sort();
     for name in names {
-        verify_log_dir(&logs_dir.join(&name), &name, keys, &mut report)?;
+        anchored |= check_log_dir(
+            &logs_dir.join(&name),
+            LogCheck::new(&name, keys).anchored(anchor.as_ref()),
+            &mut report,
+        )?;
+    }
+    if let (Some(a), false) = (&anchor, anchored) {
+        a.no_log(&mut report);
     }
     Ok(report)
 }
@@ -150,6 +175,11 @@ pub(crate) struct LogCheck<'a> {
     prev_leaf: Hash,
     last_ts: i64,
     prev_seal: Option<Seal>,
+    /// A checkpoint held outside the store that this log, if of its
+    /// origin, must extend, and the recomputed root at its size once the
+    /// tree has reached it.
+    anchor: Option<&'a Anchor>,
+    anchor_root: Option<Hash>,
 }
 
 /// Verifies the segment files of one log directory into `report`.
@@ -162,8 +192,14 @@ pub fn verify_log_dir(
     keys: &[VerifierKey],
     report: &mut Report,
 ) -> std::io::Result<()> {
+    check_log_dir(dir, LogCheck::new(log, keys), report).map(drop)
+}
+
+/// Runs `c` over the segment files of one log directory; returns whether
+/// the log is of `c`'s anchor's origin (see [`LogCheck::finish_anchor`]).
+fn check_log_dir(dir: &Path, mut c: LogCheck<'_>, report: &mut Report) -> std::io::Result<bool> {
+    let log = c.log;
     let segments = list_segments(dir)?;
-    let mut c = LogCheck::new(log, keys);
     let mut expected_segment = 0u64;
     for (i, (n, path)) in segments.iter().enumerate() {
         if *n != expected_segment {
@@ -190,7 +226,7 @@ pub fn verify_log_dir(
             );
         }
     }
-    Ok(())
+    Ok(c.finish_anchor(report))
 }
 
 /// What is known of the segment being checked.
@@ -217,7 +253,62 @@ impl<'a> LogCheck<'a> {
             prev_leaf: Hash::ZERO,
             last_ts: i64::MIN,
             prev_seal: None,
+            anchor: None,
+            anchor_root: None,
         }
+    }
+
+    /// The same checks, also against `anchor` (see [`Anchor`]).
+    pub(crate) fn anchored(mut self, anchor: Option<&'a Anchor>) -> LogCheck<'a> {
+        self.anchor = anchor;
+        self
+    }
+
+    /// After the log's last entry: whether the log is of the anchor's
+    /// origin, and if so a finding unless it extends the anchor (holds at
+    /// least its size of committed entries, with its root at that size).
+    pub(crate) fn finish_anchor(&self, report: &mut Report) -> bool {
+        let Some(a) = self.anchor else {
+            return false;
+        };
+        let cp = &a.checkpoint;
+        if self.origin.as_deref() != Some(cp.origin.as_str()) {
+            return false;
+        }
+        let size = self.tree.size();
+        let root = if cp.size == 0 {
+            Some(CompactRange::<Blake3>::new().root())
+        } else {
+            self.anchor_root
+        };
+        if size < cp.size {
+            report.add(
+                Verdict::Truncated,
+                self.log,
+                Some(size),
+                None,
+                "since",
+                format!(
+                    "the log holds {size} committed entries, but the checkpoint you hold is \
+                     signed at size {}: entries were removed from its end",
+                    cp.size
+                ),
+            );
+        } else if root != Some(cp.root) {
+            report.add(
+                Verdict::HashMismatch,
+                self.log,
+                Some(cp.size),
+                None,
+                "since",
+                format!(
+                    "the log's tree at size {} is not the one of the checkpoint you hold: its \
+                     history was rewritten",
+                    cp.size
+                ),
+            );
+        }
+        true
     }
 
     /// Entries committed by a checkpoint or seal so far.
@@ -563,6 +654,12 @@ impl LogCheck<'_> {
     fn commit_pending(&mut self, seg_tree: &mut CompactRange<Blake3>, seg_pending: &mut Vec<Hash>) {
         for (h, _) in self.pending.drain(..) {
             self.tree.append(h, |_, _| {});
+            if let Some(a) = self.anchor {
+                let cp = &a.checkpoint;
+                if self.tree.size() == cp.size && self.origin.as_deref() == Some(&cp.origin) {
+                    self.anchor_root = Some(self.tree.root());
+                }
+            }
         }
         for h in seg_pending.drain(..) {
             seg_tree.append(h, |_, _| {});

@@ -136,3 +136,17 @@ pub fn check_receipts(out: &auditlog::engine::AppendOutcome, origin: &str) {
         .unwrap();
     }
 }
+
+/// Copies a directory tree (a data directory, a fixture) into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
