@@ -55,10 +55,7 @@ pub fn verify_postgres_since(
     keys: &[VerifierKey],
     since: Option<&str>,
 ) -> Result<Report, StoreError> {
-    let (keys, since) = (keys.to_vec(), since.map(str::to_owned));
-    with_connection(url, move |client| async move {
-        verify_client(&client, &keys, None, since.as_deref()).await
-    })
+    run(url, keys, None, since)
 }
 
 /// Verifies one log (`only`) or every log of the database at `url`.
@@ -70,9 +67,22 @@ pub fn verify_postgres_logs(
     keys: &[VerifierKey],
     only: Option<&str>,
 ) -> Result<Report, StoreError> {
-    let (keys, only) = (keys.to_vec(), only.map(str::to_owned));
+    run(url, keys, only, None)
+}
+
+fn run(
+    url: &str,
+    keys: &[VerifierKey],
+    only: Option<&str>,
+    since: Option<&str>,
+) -> Result<Report, StoreError> {
+    let (keys, only, since) = (
+        keys.to_vec(),
+        only.map(str::to_owned),
+        since.map(str::to_owned),
+    );
     with_connection(url, move |client| async move {
-        verify_client(&client, &keys, only.as_deref(), None).await
+        verify_client(&client, &keys, only.as_deref(), since.as_deref()).await
     })
 }
 
