@@ -751,7 +751,8 @@ fn copy_there_and_back_verifies_identically() {
 /// Restoring an older backup of the database drops every entry appended
 /// since, consistently: the log just looks shorter, and verifies. Only a
 /// checkpoint held outside (`verify --store URL --since-checkpoint F`)
-/// shows it.
+/// shows it. Restoring one log's rows only is seen even alone: the system
+/// log still records the seal the log lost.
 #[test]
 fn a_database_rolled_back_to_an_old_backup_is_found_against_a_held_checkpoint() {
     use auditlog::engine::input::Limits;
@@ -779,6 +780,9 @@ fn a_database_rolled_back_to_an_old_backup_is_found_against_a_held_checkpoint() 
     };
     let early = [append("a"), append("b")];
     let backup = pg.dump_rows("rollback");
+    engine
+        .seal_blocking("orders", auditlog::core::seal::SealReason::Request)
+        .unwrap();
     let last = ["c", "d", "e"].map(append);
     engine.shutdown();
     drop(engine);
@@ -787,11 +791,57 @@ fn a_database_rolled_back_to_an_old_backup_is_found_against_a_held_checkpoint() 
     let report = verify_postgres_since(&url, &keys, Some(&last[2])).unwrap();
     assert!(report.is_valid(), "{:?}", report.findings);
 
-    pg.psql(
-        "rollback",
-        "TRUNCATE auditlog_logs, auditlog_entries, auditlog_nodes, auditlog_checkpoints, \
-         auditlog_segments",
+    // The orders rows alone rolled back (the system log left as it is).
+    let tables = [
+        "auditlog_entries",
+        "auditlog_nodes",
+        "auditlog_checkpoints",
+        "auditlog_segments",
+        "auditlog_logs",
+    ];
+    for t in tables {
+        let column = if t == "auditlog_logs" { "name" } else { "log" };
+        pg.psql(
+            "rollback",
+            &format!("DELETE FROM {t} WHERE {column} = 'orders'"),
+        );
+    }
+    // (Statements end with ";\n", some after a comment block; a
+    // checkpoint's text spans lines.)
+    let orders_rows: String = backup
+        .split(";\n")
+        .map(|st| {
+            st.lines()
+                .skip_while(|l| l.is_empty() || l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|st| st.starts_with("INSERT") && st.contains("VALUES ('orders'"))
+        .map(|st| format!("{st};\n"))
+        .collect();
+    assert_eq!(
+        orders_rows
+            .matches("INSERT INTO public.auditlog_entries")
+            .count(),
+        2,
+        "{orders_rows}"
     );
+    pg.psql("rollback", &orders_rows);
+    let report = verify_postgres(&url, &keys).unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.verdict == Verdict::Truncated
+                && f.log == "orders"
+                && f.field == "seal"
+                && f.segment == Some(0)),
+        "{:?}",
+        report.findings
+    );
+
+    // The whole database rolled back: consistent, so valid alone.
+    pg.psql("rollback", &format!("TRUNCATE {}", tables.join(", ")));
     pg.psql("rollback", &backup);
     let alone = verify_postgres(&url, &keys).unwrap();
     assert!(

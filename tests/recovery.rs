@@ -528,16 +528,28 @@ fn a_log_cut_at_its_end_is_found_against_a_checkpoint_held_outside() {
     assert!(check(dir.path(), last).is_valid());
     assert!(check(dir.path(), early).is_valid());
 
-    // The tail cut: segments 1 and 2 gone (entries 2-5, their checkpoints
-    // and segment 1's seal). Alone, the rest verifies.
+    // The open segment cut (entries 4-5 and their checkpoints): the rest
+    // verifies alone, and only the held checkpoint shows the cut.
     let cut = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), cut.path());
     fs::remove_file(seg_path(cut.path(), "orders", 2)).unwrap();
-    fs::remove_file(seg_path(cut.path(), "orders", 1)).unwrap();
     assert!(verify(cut.path()).is_valid(), "the cut is invisible alone");
     let report = check(cut.path(), last);
+    expect(&report, Verdict::Truncated, Some(4), None, "since");
+    assert!(check(cut.path(), &kept[3]).is_valid());
+
+    // Cut further, through a sealed segment (entries 2-5): the system log
+    // still records segment 1's seal, so this shows even alone.
+    fs::remove_file(seg_path(cut.path(), "orders", 1)).unwrap();
+    expect(
+        &verify(cut.path()),
+        Verdict::Truncated,
+        Some(4),
+        Some(1),
+        "seal",
+    );
+    let report = check(cut.path(), last);
     expect(&report, Verdict::Truncated, Some(2), None, "since");
-    assert!(check(cut.path(), early).is_valid());
 
     // A rewrite signed with the genuine key: valid alone, not against the
     // checkpoint held from the genuine history.

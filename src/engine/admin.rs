@@ -193,12 +193,15 @@ pub struct RotatedKey {
     pub system_seq: u64,
 }
 
+/// Kind of the `_system` entry that records a seal.
+pub const SEAL_KIND: &str = "seal";
+
 /// The system entry that records a seal.
 pub(super) fn seal_entry(log: &str, seal: &Seal) -> EntryInput {
     system_entry(
         &format!("log:{log}"),
         "sequencer",
-        "seal",
+        SEAL_KIND,
         &json!({
             "log": log,
             "segment": seal.segment,

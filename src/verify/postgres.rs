@@ -17,7 +17,7 @@
 
 use tokio_postgres::Client;
 
-use super::store::{follow_keys, LogCheck};
+use super::store::{check_recorded_seals, follow_keys, LogCheck, RecordedSeal};
 use super::{Anchor, Report, Verdict};
 use crate::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
 use crate::core::hash::{Blake3, Hash};
@@ -95,6 +95,7 @@ async fn verify_client(
     let mut report = Report::default();
     // Keys: the caller's, extended along the key transitions in _system.
     let mut transitions = Vec::new();
+    let mut recorded = Vec::new();
     let rows = client
         .query(
             "SELECT seq, encoding, payload FROM auditlog_entries WHERE log = $1 \
@@ -107,10 +108,16 @@ async fn verify_client(
         let Ok(e) = Entry::decode(r.get::<_, &[u8]>(1)) else {
             continue;
         };
+        let payload: Option<Vec<u8>> = r.get(2);
+        if let Some(s) = payload
+            .as_deref()
+            .and_then(|p| RecordedSeal::of(e.seq, &e.kind, p))
+        {
+            recorded.push(s);
+        }
         if e.kind != ROTATE_KIND {
             continue;
         }
-        let payload: Option<Vec<u8>> = r.get(2);
         match payload.as_deref().and_then(transition_of) {
             Some((t, _)) => transitions.push(t),
             None => report.add(
@@ -126,6 +133,7 @@ async fn verify_client(
     let trust = follow_keys(keys, &transitions, &mut report);
     let anchor = since.and_then(|text| Anchor::open(text, &trust.keys, &mut report));
     let mut anchored = false;
+    let mut seals = std::collections::HashMap::new();
 
     let logs = client
         .query(
@@ -147,7 +155,7 @@ async fn verify_client(
             frontier: l.get(4),
             latest_checkpoint: l.get(5),
         };
-        anchored |= verify_log(
+        let (with_anchor, found) = verify_log(
             client,
             &name,
             &head,
@@ -155,10 +163,15 @@ async fn verify_client(
             &mut report,
         )
         .await?;
+        anchored |= with_anchor;
+        seals.insert(name, found);
     }
     if let (Some(a), false) = (&anchor, anchored) {
         a.no_log(&mut report);
     }
+    // With one log asked for, only its seals are looked for.
+    recorded.retain(|r| only.is_none_or(|o| o == r.log));
+    check_recorded_seals(&recorded, &seals, &mut report);
     Ok(report)
 }
 
@@ -184,14 +197,14 @@ fn u(v: i64) -> u64 {
 }
 
 /// Verifies one log with `check`; returns whether it is of `check`'s
-/// anchor's origin.
+/// anchor's origin, and the seals found.
 async fn verify_log(
     client: &Client,
     log: &str,
     head: &Head,
     mut check: LogCheck<'_>,
     report: &mut Report,
-) -> Result<bool, StoreError> {
+) -> Result<(bool, Vec<(u64, Hash)>), StoreError> {
     let segments: Vec<Segment> = client
         .query(
             "SELECT segment, first_seq, span_from, end_seq, seal FROM auditlog_segments \
@@ -352,7 +365,7 @@ async fn verify_log(
         head_bad("the head row's latest checkpoint is not the last checkpoint row".into());
     }
     check_nodes(client, log, expected_nodes, report).await?;
-    Ok(check.finish_anchor(report))
+    Ok((check.finish_anchor(report), check.seals))
 }
 
 /// Compares the stored tree nodes with those recomputed from the leaves.

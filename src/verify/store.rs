@@ -26,7 +26,7 @@ use crate::core::merkle::CompactRange;
 use crate::core::note::{NoteError, VerifierKey};
 use crate::core::seal::{Seal, SealError};
 use crate::core::transition::{follow, KeyTransition, Trust};
-use crate::engine::admin::{transition_of, ROTATE_KIND, SYSTEM_LOG};
+use crate::engine::admin::{transition_of, ROTATE_KIND, SEAL_KIND, SYSTEM_LOG};
 use crate::store::embedded::is_valid_log_name;
 use crate::store::segment::{list_segments, EntryRecord, PayloadState, Record, SegmentReader};
 
@@ -92,17 +92,123 @@ pub fn verify_data_dir_since(
         }
     }
     names.sort();
+    let mut seals = std::collections::HashMap::new();
     for name in names {
-        anchored |= check_log_dir(
+        let (with_anchor, found) = check_log_dir(
             &logs_dir.join(&name),
             LogCheck::new(&name, keys).anchored(anchor.as_ref()),
             &mut report,
         )?;
+        anchored |= with_anchor;
+        seals.insert(name, found);
     }
     if let (Some(a), false) = (&anchor, anchored) {
         a.no_log(&mut report);
     }
+    check_recorded_seals(&recorded_seals(root)?, &seals, &mut report);
     Ok(report)
+}
+
+/// A seal as the system log recorded it (a `seal` entry of `_system`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordedSeal {
+    /// The `_system` entry's seq.
+    pub system_seq: u64,
+    pub log: String,
+    pub segment: u64,
+    pub end_seq: u64,
+    pub hash: Hash,
+}
+
+impl RecordedSeal {
+    /// Reads a `_system` entry's payload, if it records a seal.
+    pub(crate) fn of(system_seq: u64, kind: &str, payload: &[u8]) -> Option<RecordedSeal> {
+        if kind != SEAL_KIND {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        Some(RecordedSeal {
+            system_seq,
+            log: v["log"].as_str()?.to_owned(),
+            segment: v["segment"].as_u64()?,
+            end_seq: v["end_seq"].as_u64()?,
+            hash: Hash::from_hex(v["seal_hash"].as_str()?).ok()?,
+        })
+    }
+}
+
+/// The seals recorded in a data directory's `_system` log (entries whose
+/// records do not read are the log check's findings; here they are
+/// skipped).
+fn recorded_seals(root: &Path) -> std::io::Result<Vec<RecordedSeal>> {
+    let dir = root.join("logs").join(SYSTEM_LOG);
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        for (_, path) in list_segments(&dir)? {
+            let mut reader = SegmentReader::open(&path)?;
+            while let Ok(Some((_, record))) = reader.next_record()? {
+                let Record::Entry(e) = record else { continue };
+                let Ok(entry) = e.entry() else { continue };
+                if e.state == PayloadState::Present {
+                    out.extend(RecordedSeal::of(entry.seq, &entry.kind, &e.payload));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every seal the system log recorded must be in its log, the same seal:
+/// a log cut at its end loses its last seals, but not the system log's
+/// records of them (the system log itself would have to be cut too).
+pub(crate) fn check_recorded_seals(
+    recorded: &[RecordedSeal],
+    found: &std::collections::HashMap<String, Vec<(u64, Hash)>>,
+    report: &mut Report,
+) {
+    for r in recorded {
+        let Some(seals) = found.get(&r.log) else {
+            report.add(
+                Verdict::MissingEntry,
+                &r.log,
+                None,
+                Some(r.segment),
+                "seal",
+                format!(
+                    "the system log (seq {}) records the seal of segment {} of this log, \
+                     which is not in the store",
+                    r.system_seq, r.segment
+                ),
+            );
+            continue;
+        };
+        match seals.iter().find(|(segment, _)| *segment == r.segment) {
+            None => report.add(
+                Verdict::Truncated,
+                &r.log,
+                Some(r.end_seq),
+                Some(r.segment),
+                "seal",
+                format!(
+                    "the system log (seq {}) records the seal of segment {} (entries to seq {}), \
+                     which the log does not hold: entries were removed from its end",
+                    r.system_seq, r.segment, r.end_seq
+                ),
+            ),
+            Some((_, hash)) if *hash != r.hash => report.add(
+                Verdict::HashMismatch,
+                &r.log,
+                None,
+                Some(r.segment),
+                "seal",
+                format!(
+                    "the seal of segment {} is not the one the system log recorded (seq {})",
+                    r.segment, r.system_seq
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 /// The keys to trust in a data directory: `keys`, extended along the key
@@ -180,6 +286,8 @@ pub(crate) struct LogCheck<'a> {
     /// tree has reached it.
     anchor: Option<&'a Anchor>,
     anchor_root: Option<Hash>,
+    /// The seals found (segment, hash), for the system log's records.
+    pub(crate) seals: Vec<(u64, Hash)>,
 }
 
 /// Verifies the segment files of one log directory into `report`.
@@ -196,8 +304,13 @@ pub fn verify_log_dir(
 }
 
 /// Runs `c` over the segment files of one log directory; returns whether
-/// the log is of `c`'s anchor's origin (see [`LogCheck::finish_anchor`]).
-fn check_log_dir(dir: &Path, mut c: LogCheck<'_>, report: &mut Report) -> std::io::Result<bool> {
+/// the log is of `c`'s anchor's origin (see [`LogCheck::finish_anchor`])
+/// and the seals found.
+fn check_log_dir(
+    dir: &Path,
+    mut c: LogCheck<'_>,
+    report: &mut Report,
+) -> std::io::Result<(bool, Vec<(u64, Hash)>)> {
     let log = c.log;
     let segments = list_segments(dir)?;
     let mut expected_segment = 0u64;
@@ -226,7 +339,7 @@ fn check_log_dir(dir: &Path, mut c: LogCheck<'_>, report: &mut Report) -> std::i
             );
         }
     }
-    Ok(c.finish_anchor(report))
+    Ok((c.finish_anchor(report), c.seals))
 }
 
 /// What is known of the segment being checked.
@@ -255,6 +368,7 @@ impl<'a> LogCheck<'a> {
             prev_seal: None,
             anchor: None,
             anchor_root: None,
+            seals: Vec::new(),
         }
     }
 
@@ -740,6 +854,7 @@ impl LogCheck<'_> {
             }
         };
         report.seals_checked += 1;
+        self.seals.push((segment, seal.hash()));
         let mut bad = |v: Verdict, detail: String| {
             report.add(v, log, None, Some(segment), "seal", detail);
         };
