@@ -415,7 +415,8 @@ fn large_bundles_are_checked_in_parallel_with_the_same_findings() {
 /// the second on (the payload the buyer's receipt covers, then the same
 /// entries again); its export for the buyer's order verifies alone, and
 /// fails against the receipt whether the operator leaves the proof from
-/// the receipt out or builds it from its own tree.
+/// the receipt out or builds it from its own tree; asked for that proof,
+/// an honest server on the rewritten store refuses.
 #[test]
 fn a_history_rewritten_with_the_genuine_key_fails_against_a_kept_receipt() {
     let history = |second: &str| {
@@ -479,26 +480,49 @@ fn a_history_rewritten_with_the_genuine_key_fails_against_a_kept_receipt() {
         caught.findings
     );
 
-    // Asked to prove the receipt, the rewritten store either refuses or
-    // writes a proof from its own tree, which fails against the receipt.
+    // Asked to prove the receipt, the rewritten store refuses before it
+    // writes anything: its tree at the receipt's size has another root.
     let (r, asked) = export(&rewritten, Some(&receipt.checkpoint));
-    if r.is_ok() {
-        let caught = verify_bundle(
-            &asked[..],
-            &[signer().verifier()],
-            Some(&receipt.checkpoint),
-        )
-        .0;
-        assert!(!caught.is_valid(), "a rewrite passed against the receipt");
-        assert!(
-            caught
-                .findings
-                .iter()
-                .any(|f| f.field == "since" && f.verdict == Verdict::BadProof),
-            "{:?}",
-            caught.findings
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("not of this log's history"), "{err}");
+    assert!(asked.is_empty(), "a bundle was written before the refusal");
+    // A dishonest server could still write a proof from its own tree: it
+    // fails against the receipt.
+    let mut tree = auditlog::core::merkle::MemoryTree::<auditlog::core::hash::Blake3>::new();
+    for seq in 0..5 {
+        tree.push(
+            rewritten
+                .engine
+                .entry("orders", seq, 0)
+                .unwrap()
+                .0
+                .leaf_hash,
         );
     }
+    let proof =
+        auditlog::core::merkle::consistency_proof::<auditlog::core::hash::Blake3>(&tree, 2, 5)
+            .unwrap();
+    let mut lines: Vec<Value> = String::from_utf8(plain.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let end = lines.pop().unwrap();
+    lines.push(serde_json::json!({
+        "type": "since",
+        "checkpoint": receipt.checkpoint,
+        "consistency_proof": proof.iter().map(|h| B64.encode(h.0)).collect::<Vec<_>>(),
+    }));
+    lines.push(end);
+    let caught = check(&lines, Some(&receipt.checkpoint));
+    assert!(
+        caught
+            .findings
+            .iter()
+            .any(|f| f.field == "since" && f.verdict == Verdict::BadProof),
+        "{:?}",
+        caught.findings
+    );
     // And the receipt's own proof does not hold in the rewritten tree.
     let entry = rewritten.engine.entry("orders", 1, 0).unwrap().0;
     assert_ne!(entry.leaf_hash, receipt.receipts[0].leaf_hash);

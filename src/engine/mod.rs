@@ -665,6 +665,38 @@ impl Engine {
             store: self.store.as_ref(),
             log,
         };
+        // The proof from `since` first, so that a checkpoint this log does
+        // not extend is refused before anything is written.
+        let since_proof = match since {
+            None => None,
+            Some(old) => {
+                let (text, _) = crate::core::note::parse(old)
+                    .map_err(|e| ReadError::Invalid(format!("since checkpoint: {e}")))?;
+                let old_cp = crate::core::checkpoint::Checkpoint::from_text(&text)
+                    .map_err(|e| ReadError::Invalid(format!("since checkpoint: {e}")))?;
+                if old_cp.origin != config.origin {
+                    return Err(ReadError::Invalid(format!(
+                        "since checkpoint is for {:?}, not this log",
+                        old_cp.origin
+                    )));
+                }
+                if old_cp.size == 0 || old_cp.size > size {
+                    return Err(ReadError::Invalid(format!(
+                        "since checkpoint has size {}, the log has {size} entries",
+                        old_cp.size
+                    )));
+                }
+                if merkle::root_at::<Blake3>(&nodes, old_cp.size)? != old_cp.root {
+                    return Err(ReadError::Invalid(format!(
+                        "since checkpoint: this log's tree at size {} has another root: the \
+                         checkpoint is not of this log's history",
+                        old_cp.size
+                    )));
+                }
+                let proof = merkle::consistency_proof::<Blake3>(&nodes, old_cp.size, size)?;
+                Some((old, proof))
+            }
+        };
         let mut w = BundleWriter::new(
             out,
             log,
@@ -713,24 +745,7 @@ impl Engine {
             };
             w.seal(&seal, &proof).map_err(io)?;
         }
-        if let Some(old) = since {
-            let (text, _) = crate::core::note::parse(old)
-                .map_err(|e| ReadError::Invalid(format!("since checkpoint: {e}")))?;
-            let old_cp = crate::core::checkpoint::Checkpoint::from_text(&text)
-                .map_err(|e| ReadError::Invalid(format!("since checkpoint: {e}")))?;
-            if old_cp.origin != config.origin {
-                return Err(ReadError::Invalid(format!(
-                    "since checkpoint is for {:?}, not this log",
-                    old_cp.origin
-                )));
-            }
-            if old_cp.size == 0 || old_cp.size > size {
-                return Err(ReadError::Invalid(format!(
-                    "since checkpoint has size {}, the log has {size} entries",
-                    old_cp.size
-                )));
-            }
-            let proof = merkle::consistency_proof::<Blake3>(&nodes, old_cp.size, size)?;
+        if let Some((old, proof)) = since_proof {
             w.since(old, &proof).map_err(io)?;
         }
         w.finish().map_err(io)?;
