@@ -568,6 +568,17 @@ fn a_log_cut_at_its_end_is_found_against_a_checkpoint_held_outside() {
         "since",
     );
 
+    // A seal that no longer opens is reported as such, not as a cut: the
+    // system log's record of it finds its segment there.
+    let resigned = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), resigned.path());
+    replace_seal(resigned.path(), 1, |text| {
+        note::sign(text, &[&other_signer()]).unwrap()
+    });
+    let report = verify(resigned.path());
+    expect(&report, Verdict::UnknownKey, None, Some(1), "seal");
+    assert!(!report.has(Verdict::Truncated), "{:?}", report.findings);
+
     // The held checkpoint must open under a trusted key, and be of a log
     // the store has.
     let forged = note::sign(&last[..last.find("\n\n").unwrap() + 1], &[&other_signer()]).unwrap();

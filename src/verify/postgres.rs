@@ -17,7 +17,7 @@
 
 use tokio_postgres::Client;
 
-use super::store::{check_recorded_seals, follow_keys, LogCheck, RecordedSeal};
+use super::store::{check_recorded_seals, follow_keys, FoundSeals, LogCheck, RecordedSeal};
 use super::{Anchor, Report, Verdict};
 use crate::core::entry::{commit_payload, leaf_hash_of_encoding, Entry, Salt};
 use crate::core::hash::{Blake3, Hash};
@@ -204,7 +204,7 @@ async fn verify_log(
     head: &Head,
     mut check: LogCheck<'_>,
     report: &mut Report,
-) -> Result<(bool, Vec<(u64, Hash)>), StoreError> {
+) -> Result<(bool, FoundSeals), StoreError> {
     let segments: Vec<Segment> = client
         .query(
             "SELECT segment, first_seq, span_from, end_seq, seal FROM auditlog_segments \

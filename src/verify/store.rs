@@ -109,6 +109,9 @@ pub fn verify_data_dir_since(
     Ok(report)
 }
 
+/// The seals a log check found: segment, and the seal's hash if it opened.
+pub(crate) type FoundSeals = Vec<(u64, Option<Hash>)>;
+
 /// A seal as the system log recorded it (a `seal` entry of `_system`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RecordedSeal {
@@ -163,7 +166,7 @@ fn recorded_seals(root: &Path) -> std::io::Result<Vec<RecordedSeal>> {
 /// records of them (the system log itself would have to be cut too).
 pub(crate) fn check_recorded_seals(
     recorded: &[RecordedSeal],
-    found: &std::collections::HashMap<String, Vec<(u64, Hash)>>,
+    found: &std::collections::HashMap<String, FoundSeals>,
     report: &mut Report,
 ) {
     for r in recorded {
@@ -195,7 +198,8 @@ pub(crate) fn check_recorded_seals(
                     r.system_seq, r.segment, r.end_seq
                 ),
             ),
-            Some((_, hash)) if *hash != r.hash => report.add(
+            // A seal that does not open is a finding of its own already.
+            Some((_, Some(hash))) if *hash != r.hash => report.add(
                 Verdict::HashMismatch,
                 &r.log,
                 None,
@@ -286,8 +290,9 @@ pub(crate) struct LogCheck<'a> {
     /// tree has reached it.
     anchor: Option<&'a Anchor>,
     anchor_root: Option<Hash>,
-    /// The seals found (segment, hash), for the system log's records.
-    pub(crate) seals: Vec<(u64, Hash)>,
+    /// The seals found (segment, and hash if it opened), for the system
+    /// log's records.
+    pub(crate) seals: FoundSeals,
 }
 
 /// Verifies the segment files of one log directory into `report`.
@@ -310,7 +315,7 @@ fn check_log_dir(
     dir: &Path,
     mut c: LogCheck<'_>,
     report: &mut Report,
-) -> std::io::Result<(bool, Vec<(u64, Hash)>)> {
+) -> std::io::Result<(bool, FoundSeals)> {
     let log = c.log;
     let segments = list_segments(dir)?;
     let mut expected_segment = 0u64;
@@ -850,11 +855,12 @@ impl LogCheck<'_> {
                 let v = seal_verdict(&e);
                 let detail = report.note_detail(v, &e, text, self.keys);
                 report.add(v, log, None, Some(segment), "seal", detail);
+                self.seals.push((segment, None));
                 return;
             }
         };
         report.seals_checked += 1;
-        self.seals.push((segment, seal.hash()));
+        self.seals.push((segment, Some(seal.hash())));
         let mut bad = |v: Verdict, detail: String| {
             report.add(v, log, None, Some(segment), "seal", detail);
         };
