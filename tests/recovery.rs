@@ -579,6 +579,26 @@ fn a_log_cut_at_its_end_is_found_against_a_checkpoint_held_outside() {
     expect(&report, Verdict::UnknownKey, None, Some(1), "seal");
     assert!(!report.has(Verdict::Truncated), "{:?}", report.findings);
 
+    // A seal signed again by the genuine key with other contents opens,
+    // and is not the seal the system log recorded.
+    replace_seal(resigned.path(), 1, |text| {
+        note::sign(&text.replace("reason request", "reason age"), &[&signer()]).unwrap()
+    });
+    expect(
+        &verify(resigned.path()),
+        Verdict::HashMismatch,
+        None,
+        Some(1),
+        "seal",
+    );
+    // A whole log gone: the system log's records of its seals name it.
+    let gone = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), gone.path());
+    fs::remove_dir_all(gone.path().join("logs").join("orders")).unwrap();
+    let report = verify(gone.path());
+    expect(&report, Verdict::MissingEntry, None, Some(0), "seal");
+    expect(&report, Verdict::MissingEntry, None, Some(1), "seal");
+
     // The held checkpoint must open under a trusted key, and be of a log
     // the store has.
     let forged = note::sign(&last[..last.find("\n\n").unwrap() + 1], &[&other_signer()]).unwrap();

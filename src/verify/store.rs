@@ -77,7 +77,8 @@ pub fn verify_data_dir_since(
     since: Option<&str>,
 ) -> std::io::Result<Report> {
     let mut report = Report::default();
-    let trust = follow_transitions(root, keys, &mut report)?;
+    let (transitions, recorded) = read_system(root, &mut report)?;
+    let trust = follow_keys(keys, &transitions, &mut report);
     let keys = &trust.keys[..];
     let anchor = since.and_then(|text| Anchor::open(text, keys, &mut report));
     let mut anchored = false;
@@ -105,7 +106,7 @@ pub fn verify_data_dir_since(
     if let (Some(a), false) = (&anchor, anchored) {
         a.no_log(&mut report);
     }
-    check_recorded_seals(&recorded_seals(root)?, &seals, &mut report);
+    check_recorded_seals(&recorded, &seals, &mut report);
     Ok(report)
 }
 
@@ -138,27 +139,6 @@ impl RecordedSeal {
             hash: Hash::from_hex(v["seal_hash"].as_str()?).ok()?,
         })
     }
-}
-
-/// The seals recorded in a data directory's `_system` log (entries whose
-/// records do not read are the log check's findings; here they are
-/// skipped).
-fn recorded_seals(root: &Path) -> std::io::Result<Vec<RecordedSeal>> {
-    let dir = root.join("logs").join(SYSTEM_LOG);
-    let mut out = Vec::new();
-    if dir.is_dir() {
-        for (_, path) in list_segments(&dir)? {
-            let mut reader = SegmentReader::open(&path)?;
-            while let Ok(Some((_, record))) = reader.next_record()? {
-                let Record::Entry(e) = record else { continue };
-                let Ok(entry) = e.entry() else { continue };
-                if e.state == PayloadState::Present {
-                    out.extend(RecordedSeal::of(entry.seq, &entry.kind, &e.payload));
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Every seal the system log recorded must be in its log, the same seal:
@@ -228,17 +208,34 @@ pub fn follow_transitions(
     keys: &[VerifierKey],
     report: &mut Report,
 ) -> std::io::Result<Trust> {
+    let (transitions, _) = read_system(root, report)?;
+    Ok(follow_keys(keys, &transitions, report))
+}
+
+/// One pass over a data directory's `_system` log: its key transitions
+/// (`key.rotate` entries; one whose transition does not open is a
+/// finding) and its records of seals. Damaged records are the log check's
+/// findings; here they are only skipped.
+///
+/// # Errors
+/// I/O errors reading the `_system` segments.
+fn read_system(
+    root: &Path,
+    report: &mut Report,
+) -> std::io::Result<(Vec<KeyTransition>, Vec<RecordedSeal>)> {
     let dir = root.join("logs").join(SYSTEM_LOG);
-    let mut transitions = Vec::new();
+    let (mut transitions, mut seals) = (Vec::new(), Vec::new());
     if dir.is_dir() {
         for (index, path) in list_segments(&dir)? {
             let mut reader = SegmentReader::open(&path)?;
-            // Damaged records are the log check's findings; here they are
-            // only skipped.
             while let Ok(Some((_, record))) = reader.next_record()? {
                 let Record::Entry(e) = record else { continue };
                 let Ok(entry) = e.entry() else { continue };
-                if entry.kind != ROTATE_KIND || e.state != PayloadState::Present {
+                if e.state != PayloadState::Present {
+                    continue;
+                }
+                seals.extend(RecordedSeal::of(entry.seq, &entry.kind, &e.payload));
+                if entry.kind != ROTATE_KIND {
                     continue;
                 }
                 match transition_of(&e.payload) {
@@ -255,7 +252,7 @@ pub fn follow_transitions(
             }
         }
     }
-    Ok(follow_keys(keys, &transitions, report))
+    Ok((transitions, seals))
 }
 
 /// `keys` extended along `transitions`, noting in the report which were
